@@ -1,0 +1,42 @@
+//! # minetd
+//!
+//! The classic small TCP services — echo (RFC 862) and daytime (RFC 867) —
+//! served from **one thread**: a single `mio::Poll` loop that keeps every
+//! accepted `TcpStream` in a `slab::Slab`, each with its own buffer of bytes
+//! still owed to its peer.
+//!
+//! The parts:
+//! - [`config`]: what to serve and within which limits ([`Config`]).
+//! - [`server`]: the loop ([`Server`]), its listeners, deadlines and the
+//!   [`ShutdownHandle`].
+//! - [`conn`]: one peer's state machine ([`Connection`]), free of sockets so
+//!   that tests can drive it with simulated streams.
+//! - [`daytime`]: the daytime line in each format.
+//!
+//! The library starts no threads, installs no signal handlers and leaves
+//! process limits to its embedder. Embedding it:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut server = minetd::Server::bind(&minetd::Config {
+//!     echo: vec!["127.0.0.1:0".parse()?],
+//!     ..Default::default()
+//! })?;
+//! let addrs = server.local_addrs(); // (Service, SocketAddr) per listener
+//! let stop = server.shutdown_handle(); // Clone + Send
+//! std::thread::spawn(move || stop.shutdown());
+//! server.run()?; // returns after the shutdown; or call server.turn(timeout)
+//! # assert_eq!(addrs.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod daytime;
+pub mod server;
+
+pub use config::{Config, ConfigError, DaytimeFormat, Service};
+pub use conn::{CloseReason, Connection};
+pub use server::{BindError, Server, ShutdownHandle, Turn};
