@@ -1,0 +1,409 @@
+//! One peer's state machine: the bytes still owed to it, whether more may be
+//! read, and which readiness it waits for.
+//!
+//! [`Connection`] is generic over the stream so unit tests can drive it with
+//! simulated short reads, short writes, `WouldBlock` and errors; the server
+//! gives it a `mio::net::TcpStream` and does all the registering itself.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+
+use log::trace;
+use mio::Interest;
+
+/// Whether a read that fills less than the buffer, or a write that takes less
+/// than offered, proves the socket drained (or full) for now.
+///
+/// Sound on Linux epoll: a short TCP read means the receive queue was empty,
+/// and any byte or FIN arriving later raises a new edge; a short non-blocking
+/// TCP write means the send buffer filled, which sets `SOCK_NOSPACE`, so the
+/// kernel raises `EPOLLOUT` when room frees. Trusting it saves one `read` or
+/// `write` that would only return `WouldBlock` on nearly every event
+/// (tokio-rs/tokio#4840, #4970). A FIN that arrived with the data shows only
+/// as `read_closed` on the event, so then we read on until the zero read.
+/// Elsewhere (kqueue, level-triggered emulations) we drain to `WouldBlock`.
+const SHORT_IO_MEANS_DRAINED: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// A byte stream a connection can half-close.
+pub trait Stream: Read + Write {
+    /// Shuts down the sending side (sends FIN), leaving reads open.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Stream for mio::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// Why a connection was closed: one word or two for the debug log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed (EOF) and everything owed was sent.
+    PeerClosed,
+    /// The peer reset the connection or stopped reading for good.
+    Reset,
+    /// No traffic for the idle timeout.
+    IdleTimeout,
+    /// Daytime's line was sent but the peer neither closed nor reset in time.
+    LingerTimeout,
+    /// Over `max_connections`: accepted and closed at once.
+    Refused,
+    /// The server shut down.
+    Shutdown,
+    /// Any other I/O error on this connection.
+    Error(io::ErrorKind),
+}
+
+impl CloseReason {
+    /// The reason for an I/O error on one connection.
+    pub fn from_error(err: &io::Error) -> CloseReason {
+        match err.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => CloseReason::Reset,
+            kind => CloseReason::Error(kind),
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("peer closed"),
+            CloseReason::Reset => f.write_str("reset by peer"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::LingerTimeout => f.write_str("linger timeout"),
+            CloseReason::Refused => f.write_str("refused"),
+            CloseReason::Shutdown => f.write_str("shutdown"),
+            CloseReason::Error(kind) => write!(f, "error: {kind}"),
+        }
+    }
+}
+
+/// `conn {token} {peer}`: the prefix of every per-connection log line, so
+/// that `grep "conn 42 "` tells one connection's story.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label {
+    /// The connection's token (its slab key).
+    pub token: usize,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn {} {}", self.token, self.peer)
+    }
+}
+
+/// What a connection does with the bytes it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Echo,
+    Daytime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Echo: reading and echoing. Daytime: sending the line.
+    Serving,
+    /// Echo: the peer half-closed; flush what is owed, then close.
+    PeerDone,
+    /// Daytime: the line is sent and our side shut down; discard input until
+    /// the peer closes, so that closing cannot reset the line away.
+    Lingering,
+}
+
+/// Bytes read but not yet written back. Holds no allocation while empty:
+/// storage is taken only when a write is short and given back once drained,
+/// so an idle connection costs no heap buffer.
+#[derive(Debug, Default)]
+struct Owed {
+    bytes: Vec<u8>,
+    /// Bytes before `start` were already sent.
+    start: usize,
+}
+
+impl Owed {
+    fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// Appends `more`; the caller keeps the total within `limit`, and the
+    /// allocation never grows past `limit` either.
+    fn extend(&mut self, more: &[u8], limit: usize) {
+        if more.is_empty() {
+            return;
+        }
+        let needed = self.len() + more.len();
+        if self.bytes.len() + more.len() > self.bytes.capacity() {
+            // Reuse the sent prefix before growing.
+            self.bytes.drain(..self.start);
+            self.start = 0;
+            if needed > self.bytes.capacity() {
+                let target = (self.bytes.capacity() * 2).clamp(needed, limit.max(needed));
+                self.bytes.reserve_exact(target - self.bytes.len());
+            }
+        }
+        self.bytes.extend_from_slice(more);
+    }
+
+    /// Marks `n` bytes as sent, giving the storage back once all are.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.bytes.len() {
+            *self = Owed::default();
+        }
+    }
+}
+
+/// One peer: the bytes we still owe it and whether we may read more.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    label: Label,
+    role: Role,
+    phase: Phase,
+    owed: Owed,
+    /// Owed bytes at most; at the cap reading stops until the peer drains.
+    pending_limit: usize,
+    /// Set on server shutdown: close as soon as nothing is owed and no input
+    /// is waiting.
+    close_when_idle: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl<S: Stream> Connection<S> {
+    /// An echo connection that owes at most `pending_limit` bytes (at least 1).
+    pub fn echo(stream: S, label: Label, pending_limit: usize) -> Self {
+        Connection::new(stream, label, Role::Echo, pending_limit, &[])
+    }
+
+    /// A daytime connection that owes `line` and nothing else.
+    pub fn daytime(stream: S, label: Label, line: &[u8]) -> Self {
+        Connection::new(stream, label, Role::Daytime, line.len(), line)
+    }
+
+    fn new(stream: S, label: Label, role: Role, pending_limit: usize, owed: &[u8]) -> Self {
+        let mut conn = Connection {
+            stream,
+            label,
+            role,
+            phase: Phase::Serving,
+            owed: Owed::default(),
+            pending_limit: pending_limit.max(1),
+            close_when_idle: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        conn.owed.extend(owed, conn.pending_limit);
+        conn
+    }
+
+    /// The stream, for registering it with a poll.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// `conn {token} {peer}`.
+    pub fn label(&self) -> Label {
+        self.label
+    }
+
+    /// Bytes read from the peer so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    /// Bytes written to the peer so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    /// Bytes read but not yet written back.
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Whether this is a daytime connection waiting for its peer to close.
+    pub fn is_lingering(&self) -> bool {
+        self.phase == Phase::Lingering
+    }
+
+    /// From now on, close as soon as nothing is owed and no input waits.
+    /// Echo keeps echoing what its peer already sent meanwhile.
+    pub fn close_when_idle(&mut self) {
+        self.close_when_idle = true;
+    }
+
+    /// Reads and writes until `WouldBlock`, the cap or the end, using
+    /// `scratch` (shared by every connection) for what it reads.
+    /// `read_closed` says the event that woke us carried the peer's FIN.
+    /// Returns `Some(reason)` when the connection should be closed now.
+    pub fn on_ready(&mut self, scratch: &mut [u8], read_closed: bool) -> Option<CloseReason> {
+        let result = match self.role {
+            Role::Echo => self.serve_echo(scratch, read_closed),
+            Role::Daytime => self.serve_daytime(scratch),
+        };
+        result.unwrap_or_else(|err| Some(CloseReason::from_error(&err)))
+    }
+
+    /// The readiness this connection waits for now; `None` means none
+    /// (deregister it).
+    pub fn interest(&self) -> Option<Interest> {
+        let read = match self.phase {
+            Phase::Serving => self.role == Role::Echo && self.owed.len() < self.pending_limit,
+            Phase::PeerDone => false,
+            Phase::Lingering => true,
+        };
+        let write = !self.owed.is_empty();
+        match (read, write) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        }
+    }
+
+    fn serve_echo(
+        &mut self,
+        scratch: &mut [u8],
+        read_closed: bool,
+    ) -> io::Result<Option<CloseReason>> {
+        // Until an operation says otherwise, assume we may do it: events are
+        // hints, and a stale one only costs a WouldBlock.
+        let mut writable = true;
+        let mut readable = self.phase == Phase::Serving;
+        loop {
+            if writable && !self.owed.is_empty() {
+                writable = self.flush()?;
+            }
+            if self.phase == Phase::PeerDone && self.owed.is_empty() {
+                return Ok(Some(CloseReason::PeerClosed));
+            }
+            let room = self.pending_limit - self.owed.len();
+            if !readable || room == 0 {
+                // At the cap the peer's bytes wait in the kernel; once a
+                // flush makes room, the loop above reads them at once, as a
+                // paused reader gets no new edge (PITFALLS 2).
+                break;
+            }
+            let want = room.min(scratch.len());
+            match self.stream.read(&mut scratch[..want]) {
+                Ok(0) => {
+                    trace!("{} read EOF", self.label);
+                    self.phase = Phase::PeerDone;
+                    readable = false;
+                }
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    trace!("{} read {n}", self.label);
+                    let chunk = &scratch[..n];
+                    // Echo straight from the shared buffer; only what a
+                    // short write leaves behind is copied into `owed`.
+                    let sent = if writable && self.owed.is_empty() {
+                        let (sent, blocked) = self.write_some(chunk)?;
+                        writable = !blocked;
+                        sent
+                    } else {
+                        0
+                    };
+                    self.owed.extend(&chunk[sent..], self.pending_limit);
+                    if SHORT_IO_MEANS_DRAINED && n < want && !read_closed {
+                        readable = false;
+                    }
+                }
+                Err(err) if would_block(&err) => readable = false,
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if self.close_when_idle && self.owed.is_empty() && self.phase == Phase::Serving {
+            return Ok(Some(CloseReason::Shutdown));
+        }
+        Ok(None)
+    }
+
+    fn serve_daytime(&mut self, scratch: &mut [u8]) -> io::Result<Option<CloseReason>> {
+        if self.phase == Phase::Serving {
+            self.flush()?;
+            if !self.owed.is_empty() {
+                return Ok(None);
+            }
+            // The FIN tells the client the line is complete; it answers by
+            // closing, which ends our linger below.
+            self.stream.shutdown_write()?;
+            self.phase = Phase::Lingering;
+        }
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => return Ok(Some(CloseReason::PeerClosed)),
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    trace!("{} read {n}, discarded", self.label);
+                }
+                Err(err) if would_block(&err) => return Ok(None),
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Writes what is owed; returns whether the socket may take more.
+    fn flush(&mut self) -> io::Result<bool> {
+        let (sent, blocked) = write_some(&mut self.stream, self.owed.as_slice(), self.label)?;
+        self.bytes_out += sent as u64;
+        self.owed.consume(sent);
+        Ok(!blocked)
+    }
+
+    /// Writes as much of `bytes` as the socket takes now: (sent, blocked).
+    fn write_some(&mut self, bytes: &[u8]) -> io::Result<(usize, bool)> {
+        let (sent, blocked) = write_some(&mut self.stream, bytes, self.label)?;
+        self.bytes_out += sent as u64;
+        Ok((sent, blocked))
+    }
+}
+
+/// Writes as much of `bytes` as `stream` takes now. Never `write_all`: a
+/// non-blocking socket says `WouldBlock` instead of waiting.
+fn write_some(stream: &mut impl Write, bytes: &[u8], label: Label) -> io::Result<(usize, bool)> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match stream.write(&bytes[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                sent += n;
+                trace!("{label} wrote {n}");
+                if SHORT_IO_MEANS_DRAINED && sent < bytes.len() {
+                    return Ok((sent, true));
+                }
+            }
+            Err(err) if would_block(&err) => return Ok((sent, true)),
+            Err(err) if interrupted(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok((sent, false))
+}
+
+/// The socket has nothing more for us now (or no room).
+pub(crate) fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// A signal interrupted the call: just retry it.
+pub(crate) fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}

@@ -1,0 +1,783 @@
+//! The event loop: one `mio::Poll`, the listeners, a `Slab` of connections
+//! keyed by their token, the deadlines, and the shutdown handle.
+//!
+//! One turn reads top to bottom in [`Server::turn`]: poll; hand each
+//! connection event to its [`Connection`]; then accept on listeners that are
+//! still ready, start or finish a shutdown, and expire deadlines. Accepting
+//! after the events means a key freed by a close in this batch cannot be
+//! handed to a new connection while stale events for it are still being
+//! read (PITFALLS 7).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, log_enabled, trace, warn};
+use mio::event::{Event, Source};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+
+use crate::config::{Config, ConfigError, DaytimeFormat, Service};
+use crate::conn::{CloseReason, Connection, Label, interrupted, would_block};
+use crate::daytime;
+
+/// Wakes the loop for [`ShutdownHandle::shutdown`].
+const WAKER: Token = Token(usize::MAX);
+/// An embedder's own source, registered with [`Server::register_external`].
+const EXTERNAL: Token = Token(usize::MAX - 1);
+/// Listener `i` has token `LISTENER_BASE + i`; connection tokens are slab
+/// keys, which never get near this.
+const LISTENER_BASE: usize = usize::MAX / 2;
+
+/// One read per readiness event drains a loopback socket in the common case,
+/// and bulk echo moves 64 KiB per pair of syscalls. Shared by every
+/// connection, so its size costs nothing per connection.
+const READ_CHUNK: usize = 64 * 1024;
+/// Events taken per `epoll_wait`; more wait for the next turn.
+const EVENTS_PER_TURN: usize = 1024;
+/// Accepts per listener per turn: enough to ramp 10,000 connections quickly,
+/// few enough that a connect flood cannot starve established peers
+/// (PITFALLS 6). A listener still ready after its share is retried next turn.
+const ACCEPTS_PER_TURN: usize = 256;
+/// The accept queue length asked of the kernel (capped by somaxconn). mio
+/// and std ask for 128, and a 10,000-connection ramp then stalls on SYN
+/// retransmits (PITFALLS 9).
+const LISTEN_BACKLOG: libc::c_int = 4096;
+/// How long accepting pauses after running out of descriptors, unless a
+/// connection closes sooner (nginx waits 500 ms; PITFALLS 5).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long a daytime connection waits, after its line, for the client to
+/// close before we close anyway.
+const DAYTIME_LINGER: Duration = Duration::from_secs(2);
+/// Warnings about limits repeat at most this often.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why [`Server::bind`] failed.
+#[derive(Debug)]
+pub enum BindError {
+    /// The configuration cannot be served.
+    Config(ConfigError),
+    /// A listener could not be bound.
+    Listen {
+        /// The service it was for.
+        service: Service,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The poll or its waker could not be created.
+    Poll(io::Error),
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::Config(err) => write!(f, "{err}"),
+            BindError::Listen {
+                service,
+                addr,
+                source,
+            } => write!(f, "cannot listen on {addr} for {service}: {source}"),
+            BindError::Poll(err) => write!(f, "cannot create the event loop: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BindError::Config(err) => Some(err),
+            BindError::Listen { source, .. } => Some(source),
+            BindError::Poll(err) => Some(err),
+        }
+    }
+}
+
+impl From<ConfigError> for BindError {
+    fn from(err: ConfigError) -> Self {
+        BindError::Config(err)
+    }
+}
+
+/// Stops a [`Server`] from any thread: it stops accepting, flushes what it
+/// owes for up to the shutdown grace, closes everything, and `run` returns.
+///
+/// ```
+/// let mut server = minetd::Server::bind(&minetd::Config {
+///     echo: vec!["127.0.0.1:0".parse().unwrap()],
+///     ..Default::default()
+/// })
+/// .unwrap();
+/// let stop = server.shutdown_handle();
+/// std::thread::spawn(move || stop.shutdown());
+/// server.run().unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    requested: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    /// Asks the server to shut down gracefully. Returns at once; calling it
+    /// again does nothing more.
+    pub fn shutdown(&self) {
+        // The flag is the truth: wakes coalesce, so the loop reads the flag
+        // after every poll rather than counting wakes (PITFALLS 8).
+        self.requested.store(true, Ordering::Release);
+        // The eventfd can only refuse a wake when its counter is saturated,
+        // which means wakes are already pending.
+        let _ = self.waker.wake();
+    }
+}
+
+/// What one [`Server::turn`] saw that its caller may care about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Turn {
+    /// The source given to [`Server::register_external`] became ready.
+    pub external_ready: bool,
+    /// Shutdown has finished: every listener and connection is closed.
+    pub finished: bool,
+}
+
+/// The server: every listener and connection on one `mio::Poll`, driven by
+/// the caller's thread through [`run`](Server::run) or
+/// [`turn`](Server::turn). It starts no thread and installs no signal
+/// handler.
+pub struct Server {
+    poll: Poll,
+    events: Events,
+    core: Core,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.local_addrs())
+            .field("connections", &self.core.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything but the poll and its events, so that the event loop can borrow
+/// the events while handing each to the rest.
+struct Core {
+    listeners: Vec<Listener>,
+    conns: Slab<Entry>,
+    /// Min-heap of deadlines; at most one live entry per connection, the
+    /// rest are recognised as stale when popped.
+    timers: BinaryHeap<Reverse<Timer>>,
+    scratch: Box<[u8]>,
+    limits: Limits,
+    next_id: u64,
+    /// Accepting is paused (out of descriptors) until then, or until a
+    /// connection closes.
+    accept_paused_until: Option<Instant>,
+    state: State,
+    /// Its flag is how a shutdown is requested; the loop keeps its waker alive.
+    handle: ShutdownHandle,
+    refusal_warning: RateLimit,
+    descriptor_warning: RateLimit,
+}
+
+struct Limits {
+    max_connections: usize,
+    idle_timeout: Option<Duration>,
+    pending_limit: usize,
+    shutdown_grace: Duration,
+    daytime_format: DaytimeFormat,
+}
+
+struct Listener {
+    socket: TcpListener,
+    service: Service,
+    addr: SocketAddr,
+    /// Its readiness edge has not been drained by an accept that said
+    /// `WouldBlock` yet.
+    ready: bool,
+}
+
+/// A connection and what the loop keeps beside it.
+struct Entry {
+    conn: Connection<TcpStream>,
+    /// Tells this connection from a later one that reuses its slab key.
+    id: u64,
+    /// What it is registered for; `None` = not registered.
+    registered: Option<Interest>,
+    last_active: Instant,
+    linger_until: Option<Instant>,
+    /// The deadline of this connection's live entry in the timer heap.
+    armed: Option<Instant>,
+}
+
+impl Entry {
+    /// The next deadline of this connection and what happens then.
+    fn due(&self, idle_timeout: Option<Duration>) -> Option<(Instant, CloseReason)> {
+        let idle = idle_timeout.map(|t| (self.last_active + t, CloseReason::IdleTimeout));
+        let linger = self.linger_until.map(|t| (t, CloseReason::LingerTimeout));
+        match (idle, linger) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: Instant,
+    key: usize,
+    id: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Running,
+    Draining { until: Instant },
+    Finished,
+}
+
+/// Lets a warning through at most once per [`WARN_INTERVAL`], counting the
+/// ones held back.
+#[derive(Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl RateLimit {
+    /// `Some(held back since the last one)` when a warning may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|last| now < last + WARN_INTERVAL) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+impl Server {
+    /// Validates `config`, binds every listener and registers it with a new
+    /// poll. Nothing is accepted until [`run`](Server::run) or
+    /// [`turn`](Server::turn).
+    pub fn bind(config: &Config) -> Result<Server, BindError> {
+        config.validate()?;
+        let poll = Poll::new().map_err(BindError::Poll)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(BindError::Poll)?;
+        let mut listeners = Vec::new();
+        for (index, (service, addr)) in config.listeners().enumerate() {
+            let listen_error = |source| BindError::Listen {
+                service,
+                addr,
+                source,
+            };
+            let mut socket = listen(addr).map_err(listen_error)?;
+            let local = socket.local_addr().map_err(listen_error)?;
+            poll.registry()
+                .register(
+                    &mut socket,
+                    Token(LISTENER_BASE + index),
+                    Interest::READABLE,
+                )
+                .map_err(listen_error)?;
+            info!("{service} listening on {local}");
+            listeners.push(Listener {
+                socket,
+                service,
+                addr: local,
+                ready: false,
+            });
+        }
+        let handle = ShutdownHandle {
+            requested: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(waker),
+        };
+        let core = Core {
+            listeners,
+            conns: Slab::new(),
+            timers: BinaryHeap::new(),
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            limits: Limits {
+                max_connections: config.max_connections,
+                idle_timeout: config.idle_timeout,
+                pending_limit: config.max_pending,
+                shutdown_grace: config.shutdown_grace,
+                daytime_format: config.daytime_format,
+            },
+            next_id: 0,
+            accept_paused_until: None,
+            state: State::Running,
+            handle,
+            refusal_warning: RateLimit::default(),
+            descriptor_warning: RateLimit::default(),
+        };
+        Ok(Server {
+            poll,
+            events: Events::with_capacity(EVENTS_PER_TURN),
+            core,
+        })
+    }
+
+    /// The bound address of every listener, echo first, in configuration
+    /// order. Port 0 in the configuration shows here as the port chosen.
+    pub fn local_addrs(&self) -> Vec<(Service, SocketAddr)> {
+        self.core
+            .listeners
+            .iter()
+            .map(|listener| (listener.service, listener.addr))
+            .collect()
+    }
+
+    /// A handle that stops this server from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.core.handle.clone()
+    }
+
+    /// Starts a graceful shutdown from the loop's own thread, as
+    /// [`ShutdownHandle::shutdown`] does from any.
+    pub fn shutdown(&mut self) {
+        self.core.handle.requested.store(true, Ordering::Release);
+        self.core
+            .check_shutdown(self.poll.registry(), Instant::now());
+    }
+
+    /// Skips what is left of the shutdown grace: closes every connection now.
+    pub fn close_all(&mut self) {
+        self.core
+            .begin_shutdown(self.poll.registry(), Instant::now());
+        self.core.close_everything();
+    }
+
+    /// Registers an embedder's own event source (a signal pipe, say) with
+    /// this server's poll; [`Turn::external_ready`] then reports it.
+    pub fn register_external(
+        &mut self,
+        source: &mut impl Source,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.poll.registry().register(source, EXTERNAL, interest)
+    }
+
+    /// Open connections right now.
+    pub fn connections(&self) -> usize {
+        self.core.conns.len()
+    }
+
+    /// Serves until a shutdown has finished.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.turn(None)?.finished {}
+        Ok(())
+    }
+
+    /// One turn of the loop: waits for readiness (at most `timeout`, or less
+    /// if a deadline is nearer), then serves every connection that is ready,
+    /// accepts, and expires deadlines. Once shutdown has finished it returns
+    /// at once with [`Turn::finished`] set.
+    pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<Turn> {
+        let mut turn = Turn::default();
+        if self.core.state == State::Finished {
+            turn.finished = true;
+            return Ok(turn);
+        }
+        let wait = self.core.poll_timeout(timeout, Instant::now());
+        match self.poll.poll(&mut self.events, wait) {
+            // A signal landed; the turn goes on with no events.
+            Err(err) if interrupted(&err) => {}
+            other => other?,
+        }
+        let now = Instant::now();
+        let registry = self.poll.registry();
+        for event in self.events.iter() {
+            match event.token() {
+                // Wakes coalesce: the shutdown flag, read below, is the truth.
+                WAKER => {}
+                EXTERNAL => turn.external_ready = true,
+                Token(key) if key >= LISTENER_BASE => self.core.mark_ready(key - LISTENER_BASE),
+                Token(key) => self.core.on_connection_event(registry, key, event, now),
+            }
+        }
+        self.core.check_shutdown(registry, now);
+        self.core.accept_ready(registry, now);
+        self.core.expire_timers(now);
+        turn.finished = self.core.state == State::Finished;
+        Ok(turn)
+    }
+}
+
+impl Core {
+    /// How long the next poll may wait: until the nearest deadline, or not
+    /// at all while a listener has connections left to accept.
+    fn poll_timeout(&self, requested: Option<Duration>, now: Instant) -> Option<Duration> {
+        let paused = self.accept_paused_until.is_some();
+        if !paused && self.state == State::Running && self.listeners.iter().any(|l| l.ready) {
+            return Some(Duration::ZERO);
+        }
+        let draining = match self.state {
+            State::Draining { until } => Some(until),
+            _ => None,
+        };
+        let next = [
+            self.timers.peek().map(|Reverse(timer)| timer.at),
+            self.accept_paused_until,
+            draining,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let until_next = next.map(|at| at.saturating_duration_since(now));
+        match (requested, until_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn mark_ready(&mut self, index: usize) {
+        if let Some(listener) = self.listeners.get_mut(index) {
+            listener.ready = true;
+        }
+    }
+
+    fn on_connection_event(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        event: &Event,
+        now: Instant,
+    ) {
+        // A connection closed earlier in this batch still has its events
+        // here; its key is not reused before the batch ends.
+        let Some(entry) = self.conns.get_mut(key) else {
+            return;
+        };
+        if log_enabled!(log::Level::Trace) {
+            trace!(
+                "{} ready{}{}{}",
+                entry.conn.label(),
+                if event.is_readable() { " read" } else { "" },
+                if event.is_writable() { " write" } else { "" },
+                if event.is_read_closed() {
+                    " read-closed"
+                } else {
+                    ""
+                },
+            );
+        }
+        let moved = entry.conn.bytes_in() + entry.conn.bytes_out();
+        let outcome = entry
+            .conn
+            .on_ready(&mut self.scratch, event.is_read_closed());
+        if entry.conn.bytes_in() + entry.conn.bytes_out() != moved {
+            entry.last_active = now;
+        }
+        self.settle(registry, key, outcome, now);
+    }
+
+    /// After a connection has run: close it, or bring its registration and
+    /// deadline up to date.
+    fn settle(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        outcome: Option<CloseReason>,
+        now: Instant,
+    ) {
+        if let Some(reason) = outcome {
+            self.close(key, reason);
+            return;
+        }
+        let entry = &mut self.conns[key];
+        if entry.conn.is_lingering() && entry.linger_until.is_none() {
+            entry.linger_until = Some(now + DAYTIME_LINGER);
+            self.arm(key);
+        }
+        let entry = &mut self.conns[key];
+        let wanted = entry.conn.interest();
+        if wanted == entry.registered {
+            return;
+        }
+        let token = Token(key);
+        let stream = entry.conn.stream_mut();
+        let result = match (entry.registered, wanted) {
+            (None, Some(interest)) => registry.register(stream, token, interest),
+            (Some(_), Some(interest)) => registry.reregister(stream, token, interest),
+            (Some(_), None) => registry.deregister(stream),
+            (None, None) => Ok(()),
+        };
+        match result {
+            Ok(()) => entry.registered = wanted,
+            Err(err) => self.close(key, CloseReason::from_error(&err)),
+        }
+    }
+
+    /// Accepts on every listener that is still ready, up to its share.
+    fn accept_ready(&mut self, registry: &Registry, now: Instant) {
+        if self.state != State::Running {
+            return;
+        }
+        if let Some(until) = self.accept_paused_until {
+            if now < until {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        for index in 0..self.listeners.len() {
+            if !self.listeners[index].ready {
+                continue;
+            }
+            for _ in 0..ACCEPTS_PER_TURN {
+                let listener = &mut self.listeners[index];
+                match listener.socket.accept() {
+                    Ok((stream, peer)) => {
+                        let service = listener.service;
+                        self.admit(registry, stream, peer, service, now);
+                    }
+                    Err(err) if would_block(&err) => {
+                        listener.ready = false;
+                        break;
+                    }
+                    Err(err) if interrupted(&err) => {}
+                    Err(err) if out_of_resources(&err) => {
+                        self.pause_accepting(&err, now);
+                        return;
+                    }
+                    // ECONNABORTED and the like: that one client is gone.
+                    Err(err) => debug!(
+                        "accept on {} {} failed: {err}",
+                        listener.service, listener.addr
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Linux leaves the connection queued on EMFILE and, with the edge spent,
+    /// would never tell us again: retry after a pause, or sooner when a
+    /// connection closes and frees a descriptor. Retrying at once would spin.
+    fn pause_accepting(&mut self, err: &io::Error, now: Instant) {
+        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+        if let Some(held_back) = self.descriptor_warning.allow(now) {
+            warn!(
+                "accept paused: {err}; {} connections open; retrying in {} ms or when one closes{}",
+                self.conns.len(),
+                ACCEPT_PAUSE.as_millis(),
+                held_back_note(held_back),
+            );
+        }
+    }
+
+    /// Starts serving an accepted connection, or refuses it over the limit.
+    fn admit(
+        &mut self,
+        registry: &Registry,
+        stream: TcpStream,
+        peer: SocketAddr,
+        service: Service,
+        now: Instant,
+    ) {
+        if self.conns.len() >= self.limits.max_connections {
+            self.refuse(stream, peer, service, now);
+            return;
+        }
+        // Echo answers at once with whatever it has; Nagle would hold a small
+        // reply back behind an unacknowledged one.
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("conn - {peer} cannot set TCP_NODELAY: {err}");
+        }
+        let key = self.conns.vacant_key();
+        let label = Label { token: key, peer };
+        let conn = match service {
+            Service::Echo => Connection::echo(stream, label, self.limits.pending_limit),
+            Service::Daytime => {
+                let line = daytime::line_now(self.limits.daytime_format);
+                Connection::daytime(stream, label, line.as_bytes())
+            }
+        };
+        self.next_id += 1;
+        self.conns.insert(Entry {
+            conn,
+            id: self.next_id,
+            registered: None,
+            last_active: now,
+            linger_until: None,
+            armed: None,
+        });
+        debug!("{label} accepted {service}");
+        // Daytime owes its line from the start; send it now rather than wait
+        // for a writable event. Echo waits: registering reports input that
+        // arrived with the connection.
+        let outcome = match service {
+            Service::Daytime => self.conns[key].conn.on_ready(&mut self.scratch, false),
+            Service::Echo => None,
+        };
+        self.settle(registry, key, outcome, now);
+        if self.conns.contains(key) {
+            self.arm(key);
+        }
+    }
+
+    /// Over the limit: accept and close at once, so the client sees EOF
+    /// rather than a hang in the backlog.
+    fn refuse(&mut self, mut stream: TcpStream, peer: SocketAddr, service: Service, now: Instant) {
+        // Closing with unread input sends a reset, which the client may see
+        // instead of the EOF (PITFALLS 11): read what has arrived first.
+        let _ = stream.read(&mut self.scratch);
+        let _ = stream.shutdown(Shutdown::Write);
+        let open = self.conns.len();
+        debug!("conn - {peer} refused {service}: {open} open (max-connections)");
+        if let Some(held_back) = self.refusal_warning.allow(now) {
+            warn!(
+                "refusing connections: {open} open (max-connections){}",
+                held_back_note(held_back)
+            );
+        }
+    }
+
+    /// Closes one connection; dropping the stream closes the descriptor,
+    /// which also takes it out of the epoll set.
+    fn close(&mut self, key: usize, reason: CloseReason) {
+        let entry = self.conns.remove(key);
+        debug!(
+            "{} closed: {reason}, in {} out {}",
+            entry.conn.label(),
+            entry.conn.bytes_in(),
+            entry.conn.bytes_out()
+        );
+        // A descriptor is free again: if accepting was paused for lack of
+        // one, try now rather than at the pause's end.
+        self.accept_paused_until = None;
+    }
+
+    /// Puts the connection's next deadline in the heap unless an earlier one
+    /// is there already.
+    fn arm(&mut self, key: usize) {
+        let entry = &mut self.conns[key];
+        let Some((at, _)) = entry.due(self.limits.idle_timeout) else {
+            return;
+        };
+        if entry.armed.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        entry.armed = Some(at);
+        self.timers.push(Reverse(Timer {
+            at,
+            key,
+            id: entry.id,
+        }));
+    }
+
+    /// Closes connections whose deadline has passed; re-arms those that were
+    /// active since their entry was pushed.
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            if timer.at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(entry) = self.conns.get_mut(timer.key) else {
+                continue;
+            };
+            if entry.id != timer.id || entry.armed != Some(timer.at) {
+                continue; // superseded by an earlier deadline, or a new connection
+            }
+            entry.armed = None;
+            match entry.due(self.limits.idle_timeout) {
+                Some((at, reason)) if at <= now => self.close(timer.key, reason),
+                Some(_) => self.arm(timer.key),
+                None => {}
+            }
+        }
+    }
+
+    /// Starts a requested shutdown, and finishes one that is done or out of
+    /// grace.
+    fn check_shutdown(&mut self, registry: &Registry, now: Instant) {
+        if self.state == State::Running && self.handle.requested.load(Ordering::Acquire) {
+            self.begin_shutdown(registry, now);
+        }
+        if let State::Draining { until } = self.state {
+            if !self.conns.is_empty() && now >= until {
+                info!(
+                    "shutdown grace over: closing {} connections",
+                    self.conns.len()
+                );
+                self.close_everything();
+            }
+            if self.conns.is_empty() {
+                info!("shutdown complete");
+                self.state = State::Finished;
+            }
+        }
+    }
+
+    /// Stops accepting and lets every connection finish what it owes.
+    fn begin_shutdown(&mut self, registry: &Registry, now: Instant) {
+        if self.state != State::Running {
+            return;
+        }
+        info!(
+            "shutting down: {} connections, {} s grace",
+            self.conns.len(),
+            self.limits.shutdown_grace.as_secs_f64()
+        );
+        for mut listener in self.listeners.drain(..) {
+            let _ = registry.deregister(&mut listener.socket);
+        }
+        self.accept_paused_until = None;
+        self.state = State::Draining {
+            until: now + self.limits.shutdown_grace,
+        };
+        // One pass closes every connection that is idle already; the rest
+        // close as their events show them idle, or when the grace ends.
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &mut self.conns[key].conn;
+            conn.close_when_idle();
+            let outcome = conn.on_ready(&mut self.scratch, false);
+            self.settle(registry, key, outcome, now);
+        }
+    }
+
+    fn close_everything(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, CloseReason::Shutdown);
+        }
+    }
+}
+
+/// `accept` failed for lack of descriptors or kernel memory: retrying at
+/// once would fail the same way.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+fn held_back_note(held_back: u64) -> String {
+    if held_back == 0 {
+        String::new()
+    } else {
+        format!(" ({held_back} more since the last warning)")
+    }
+}
+
+/// Binds a listener with a backlog deep enough for a connection ramp.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let socket = TcpListener::bind(addr)?;
+    // Linux lets a second listen() change the backlog of a listening socket.
+    // SAFETY: listen(2) on a descriptor we own; no memory is passed.
+    if unsafe { libc::listen(socket.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
