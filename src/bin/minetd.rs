@@ -1,0 +1,228 @@
+//! `minetd`: the command line in front of [`minetd::Server`]. Parses the
+//! options, sets up logging, raises the descriptor limit, takes SIGINT and
+//! SIGTERM through the server's own poll, and runs the loop.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use log::{debug, error, info, warn};
+use minetd::{Config, DaytimeFormat, Server, Service};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+/// Exit status for a usage error (unknown option, unparsable value).
+const EXIT_USAGE: u8 = 2;
+/// Exit status when a listener cannot be bound or the loop fails.
+const EXIT_FAILURE: u8 = 1;
+
+/// echo (RFC 862) and daytime (RFC 867) on one thread.
+///
+/// With no service option, serves echo on 127.0.0.1:7007 and daytime on
+/// 127.0.0.1:7013; with any, only the services named. Prints one line
+/// `listening SERVICE ADDR` per listener on stdout once all are bound. Logs
+/// go to stderr; RUST_LOG=debug shows every accept, close and refusal.
+/// SIGINT or SIGTERM shuts down gracefully (exit 0); a second one during the
+/// grace closes everything at once (exit 128 + signal number).
+#[derive(Parser, Debug)]
+#[command(name = "minetd", version)]
+struct Args {
+    /// Serve echo on ADDR (host:port, IPv4 or [IPv6]); repeatable [default: 127.0.0.1:7007]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    echo: Vec<SocketAddr>,
+
+    /// Serve daytime on ADDR; repeatable [default: 127.0.0.1:7013]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    daytime: Vec<SocketAddr>,
+
+    /// Open client connections at most; past it new ones are accepted and closed at once
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = parse_at_least_one)]
+    max_connections: usize,
+
+    /// Close a connection with no traffic for this long; 0 = never
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    idle_timeout: u64,
+
+    /// Bytes read but not yet echoed, per connection; at the cap reading pauses
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = parse_at_least_one)]
+    max_pending: usize,
+
+    /// On SIGINT/SIGTERM, how long to keep flushing owed bytes before closing
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    shutdown_grace: u64,
+
+    /// The daytime line: ctime (Sun Nov 22 15:38:54 2026), rfc5322 or rfc3339
+    #[arg(long, value_name = "FORMAT", default_value = "ctime", value_parser = parse_format)]
+    daytime_format: DaytimeFormat,
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| "expected host:port with an IPv4 address or a [bracketed] IPv6 address".into())
+}
+
+fn parse_at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn parse_format(text: &str) -> Result<DaytimeFormat, String> {
+    text.parse()
+        .map_err(|_| "expected ctime, rfc5322 or rfc3339".to_string())
+}
+
+fn main() -> ExitCode {
+    let (args, matches) = match parse_args() {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    raise_descriptor_limit();
+
+    let listeners = listeners_in_option_order(&args, &matches);
+    let config = Config {
+        echo: pick(&listeners, Service::Echo),
+        daytime: pick(&listeners, Service::Daytime),
+        max_connections: args.max_connections,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        max_pending: args.max_pending,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        daytime_format: args.daytime_format,
+    };
+    let mut server = match Server::bind(&config) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("minetd: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    announce(&server, &listeners);
+    match serve(&mut server) {
+        Ok(code) => code,
+        Err(err) => {
+            error!("event loop failed: {err}");
+            eprintln!("minetd: event loop failed: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Parses the command line. Usage errors print one line naming the bad value
+/// (clap's own message is several) and exit 2; help and version exit 0.
+fn parse_args() -> Result<(Args, ArgMatches), ExitCode> {
+    let parsed = Args::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Args::from_arg_matches(&matches)?, matches)));
+    parsed.map_err(|err| {
+        if !err.use_stderr() {
+            // --help or --version: clap prints them to stdout.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        let text = err.to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        eprintln!("minetd: {}", first.trim_start_matches("error: "));
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Every `(service, address)` in the order the options were given, or the
+/// defaults when no service option was.
+fn listeners_in_option_order(args: &Args, matches: &ArgMatches) -> Vec<(Service, SocketAddr)> {
+    let mut ordered: Vec<(usize, Service, SocketAddr)> = Vec::new();
+    for (id, service, addrs) in [
+        ("echo", Service::Echo, &args.echo),
+        ("daytime", Service::Daytime, &args.daytime),
+    ] {
+        let positions = matches.indices_of(id).into_iter().flatten();
+        ordered.extend(positions.zip(addrs).map(|(at, addr)| (at, service, *addr)));
+    }
+    if ordered.is_empty() {
+        return [Service::Echo, Service::Daytime]
+            .into_iter()
+            .map(|service| (service, service.default_addr()))
+            .collect();
+    }
+    ordered.sort_by_key(|(at, _, _)| *at);
+    ordered
+        .into_iter()
+        .map(|(_, service, addr)| (service, addr))
+        .collect()
+}
+
+fn pick(listeners: &[(Service, SocketAddr)], wanted: Service) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter(|(service, _)| *service == wanted)
+        .map(|(_, addr)| *addr)
+        .collect()
+}
+
+/// Prints `listening SERVICE ADDR` per listener, in option order, and
+/// flushes, so that scripts can read the real ports.
+fn announce(server: &Server, listeners: &[(Service, SocketAddr)]) {
+    // The server lists echo first: match each option to its service's
+    // bound addresses by position.
+    let bound = server.local_addrs();
+    let mut out = std::io::stdout().lock();
+    for (index, (service, _)) in listeners.iter().enumerate() {
+        let nth = listeners[..index]
+            .iter()
+            .filter(|(s, _)| s == service)
+            .count();
+        let addr = bound.iter().filter(|(s, _)| s == service).nth(nth);
+        if let Some((_, addr)) = addr {
+            // A closed stdout must not stop the server.
+            let _ = writeln!(out, "listening {service} {addr}");
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Runs the loop with SIGINT and SIGTERM delivered into the same poll.
+fn serve(server: &mut Server) -> std::io::Result<ExitCode> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    server.register_external(&mut signals, mio::Interest::READABLE)?;
+    let mut shutting_down = false;
+    loop {
+        let turn = server.turn(None)?;
+        if turn.external_ready {
+            for signal in signals.pending() {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                if shutting_down {
+                    warn!(
+                        "{name} again: closing {} connections now",
+                        server.connections()
+                    );
+                    server.close_all();
+                    return Ok(ExitCode::from(128 + signal as u8));
+                }
+                info!("{name}: shutting down");
+                shutting_down = true;
+                server.shutdown();
+            }
+        }
+        if turn.finished {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one, as Go's runtime does:
+/// each connection is a descriptor, and the usual soft limit of 1024 is far
+/// below what the server is for.
+fn raise_descriptor_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => debug!("descriptor limit {limit}"),
+        Err(err) => warn!("cannot raise the descriptor limit: {err}"),
+    }
+}

@@ -1,0 +1,267 @@
+//! Helpers shared by the integration tests: start the real `minetd` binary on
+//! port 0, learn its ports from its `listening` lines, and stop it on drop.
+//!
+//! Every test file that needs them says `mod common;`; not every file uses
+//! every helper, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single step of a test may take before it counts as a hang.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Path of the server binary that cargo built for these tests.
+pub fn server_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_minetd"))
+}
+
+/// Path of the client binary that cargo built for these tests.
+pub fn client_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_minetd-client"))
+}
+
+/// A running `minetd` child process, killed (if still running) on drop.
+pub struct Server {
+    pub child: Child,
+    /// `(service, address)` from each `listening SERVICE ADDR` line, in order.
+    pub listening: Vec<(String, SocketAddr)>,
+    stderr: Option<ChildStderr>,
+}
+
+impl Server {
+    /// Starts `minetd` with `args` and waits for one `listening` line per
+    /// service option in `args` (or two when none is given).
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables (`RUST_LOG`).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(server_bin());
+        command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Server::spawn(command, expected_listeners(args))
+    }
+
+    /// Spawns a prepared command (stdout and stderr must be piped) and waits
+    /// for `expected` listening lines.
+    pub fn spawn(mut command: Command, expected: usize) -> Server {
+        let mut child = command.spawn().expect("spawn minetd");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut listening = Vec::new();
+        let deadline = Instant::now() + STEP;
+        while listening.len() < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let mut err = String::new();
+                    if let Some(mut stderr) = child.stderr.take() {
+                        let _ = stderr.read_to_string(&mut err);
+                    }
+                    panic!("minetd printed {listening:?} and then nothing; stderr: {err}");
+                }
+            };
+            let mut words = line.split(' ');
+            assert_eq!(
+                words.next(),
+                Some("listening"),
+                "unexpected stdout line {line:?}"
+            );
+            let service = words.next().expect("service").to_string();
+            let addr = words.next().expect("addr").parse().expect("addr parses");
+            assert_eq!(words.next(), None, "extra words in {line:?}");
+            listening.push((service, addr));
+        }
+        let stderr = child.stderr.take();
+        Server {
+            child,
+            listening,
+            stderr,
+        }
+    }
+
+    /// The address of the `n`th listener for `service`.
+    pub fn addr_of(&self, service: &str, n: usize) -> SocketAddr {
+        self.listening
+            .iter()
+            .filter(|(name, _)| name == service)
+            .nth(n)
+            .unwrap_or_else(|| panic!("no listener #{n} for {service} in {:?}", self.listening))
+            .1
+    }
+
+    /// The first echo listener.
+    pub fn echo(&self) -> SocketAddr {
+        self.addr_of("echo", 0)
+    }
+
+    /// The first daytime listener.
+    pub fn daytime(&self) -> SocketAddr {
+        self.addr_of("daytime", 0)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits up to `limit` for the server to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Takes the stderr pipe: a reader thread then collects it. Call before
+    /// the server writes much, or the pipe fills and the server blocks.
+    pub fn stderr_lines(&mut self) -> mpsc::Receiver<String> {
+        let stderr = self.stderr.take().expect("stderr already taken");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Number of open descriptors of the server process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// User plus system CPU time the server has used, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time_of(self.pid())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User plus system CPU time of process `pid`.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // The command name may hold spaces; the fields after its ')' are fixed.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_micros((utime + stime) * 1_000_000 / ticks)
+}
+
+/// How many `listening` lines `minetd` prints for these arguments.
+fn expected_listeners(args: &[&str]) -> usize {
+    const SERVICES: [&str; 10] = [
+        "--echo",
+        "--daytime",
+        "--discard",
+        "--chargen",
+        "--time",
+        "--udp-echo",
+        "--udp-discard",
+        "--udp-daytime",
+        "--udp-chargen",
+        "--udp-time",
+    ];
+    let named = args
+        .iter()
+        .filter(|arg| {
+            SERVICES
+                .iter()
+                .any(|s| **arg == *s || arg.starts_with(&format!("{s}=")))
+        })
+        .count();
+    if named == 0 { 2 } else { named }
+}
+
+/// Connects with read and write timeouts of [`STEP`], so no test can hang.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, STEP).expect("connect");
+    stream.set_read_timeout(Some(STEP)).unwrap();
+    stream.set_write_timeout(Some(STEP)).unwrap();
+    stream
+}
+
+/// Reads until EOF (with [`STEP`] timeouts), returning everything read.
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).expect("read to EOF");
+    all
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
