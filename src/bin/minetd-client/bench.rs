@@ -1,0 +1,685 @@
+//! The echo benchmark: many connections, one message in flight on each.
+//!
+//! Each thread owns a share of the connections. It writes one message to
+//! every connection it owns, then sweeps over them: read that connection's
+//! echo in full, check it byte for byte, and write its next message at once.
+//! Sending as soon as each echo is in (rather than writing a whole round,
+//! then reading a whole round) keeps every connection's message in flight,
+//! so the server always has work queued while the client reads; measured
+//! with both pinned to one core each, that lifted the server from about
+//! 85-95% busy to 99%.
+//!
+//! Sockets are blocking, so a message costs one `write` and (usually) one
+//! `read` and nothing else: no event loop, no allocation, no clock but the
+//! vDSO's. The client is then no slower per message than the server.
+//!
+//! Latency is closed-loop: from just before a message is written to the
+//! moment its whole echo has been read; the connection's next message is
+//! only sent after that. With N connections in flight it is about N divided
+//! by the throughput (Little's law), because it includes the time the
+//! thread spends on the connections ahead of it in the sweep, as any
+//! client driving many connections from one thread would see it.
+//!
+//! Every message is derived from (connection index, round), so an echo of
+//! stale bytes, of another connection's bytes or with one bit flipped is a
+//! mismatch.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use self::report::{LiveLine, Report};
+
+use crate::addr::{Target, set_timeouts};
+use crate::error::{Error, is_timeout};
+use crate::socket;
+
+mod report;
+
+/// Most connections `--connections` accepts (clap wants an `i64` bound).
+pub const MAX_CONNECTIONS: i64 = 1_000_000;
+
+/// Largest `--size`: the server's default `--max-pending`. A whole message
+/// is written before its echo is read, so it must fit in flight without the
+/// client reading; up to this size that holds against any server at its
+/// default cap, whatever the socket buffers.
+pub const MAX_SIZE: i64 = 65_536;
+
+/// Connections the whole client opens before it confirms them with one
+/// echo each. Confirmed connections have left the server's accept queue, so
+/// the queue never holds more than this, under std's and mio's default
+/// listen backlog of 128 even if the server never raised it; beyond the
+/// backlog Linux drops SYNs and the ramp stalls on retransmits.
+const RAMP_IN_FLIGHT: usize = 128;
+
+/// A thread stops opening connections after this many failures in a row
+/// (counting the rest as failures too): when the server takes no more, each
+/// further attempt could cost a whole `--timeout`.
+const MAX_FAILURES_IN_A_ROW: usize = 16;
+
+/// Descriptors needed besides the connections: stdio, the resolver's and
+/// whatever else the process holds, with room to spare.
+const SPARE_FDS: u64 = 64;
+
+/// Histogram range, in nanoseconds: 1 ns to 1 hour at 3 significant digits.
+const LATENCY_MAX_NS: u64 = 3_600_000_000_000;
+
+/// How often the main thread looks at the workers while they run.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What to run, from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The echo server.
+    pub target: Target,
+    /// Connections to open and keep busy.
+    pub connections: usize,
+    /// Bytes per message.
+    pub size: usize,
+    /// How long to measure, once every connection is open.
+    pub duration: Duration,
+    /// Worker threads (fewer if there are fewer connections).
+    pub threads: usize,
+    /// Local addresses to connect from, round robin; empty = the OS picks.
+    pub source_addrs: Vec<IpAddr>,
+    /// Print JSON instead of text.
+    pub json: bool,
+    /// Bound on each connect, read and write.
+    pub timeout: Duration,
+}
+
+/// Runs the benchmark and prints its report; an error if any message was
+/// wrong, any connection failed or could not be opened.
+pub fn run(options: &Options) -> Result<(), Error> {
+    let stop = stop_on_interrupt()?;
+    ensure_fd_limit(options.connections)?;
+    // `resolve` never returns an empty list; the first address is the one
+    // any client would try first.
+    let dest = options.target.resolve()?[0];
+    // The first connection proves the server is there; failing it is the
+    // plain "cannot connect" error, not a benchmark with N failures.
+    let first = open_connection(dest, options, 0).map_err(|e| options.target.connect_error(e))?;
+    let threads = options.threads.clamp(1, options.connections);
+    let shared = Arc::new(Shared::new(stop));
+    let mut first = Some(first);
+    let workers = shares(options.connections, threads)
+        .into_iter()
+        .map(|range| {
+            let worker = Worker::new(range, first.take(), dest, options, &shared);
+            thread::Builder::new()
+                .name("bench".to_string())
+                .spawn(move || worker.run())
+                .map_err(|source| Error::Io {
+                    context: "cannot start a bench thread".to_string(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let start = watch(&workers, &shared, options);
+    let tally = collect(workers)?;
+    let report = Report::new(options, &tally, start);
+    report::print(&report, options)?;
+    report.verdict(&tally)
+}
+
+/// Counters the workers share with the live line, updated once per round.
+#[derive(Debug)]
+struct Shared {
+    /// Connections tried so far, for the ramp's progress line.
+    attempted: AtomicUsize,
+    /// Workers done opening their connections.
+    ready: AtomicUsize,
+    round_trips: AtomicU64,
+    mismatches: AtomicU64,
+    errors: AtomicU64,
+    /// Set by Ctrl-C: finish the round, then report.
+    stop: Arc<AtomicBool>,
+    /// When measuring starts; `None` until every worker is ready.
+    start: Mutex<Option<Instant>>,
+    started: Condvar,
+}
+
+impl Shared {
+    fn new(stop: Arc<AtomicBool>) -> Shared {
+        Shared {
+            attempted: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
+            round_trips: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stop,
+            start: Mutex::new(None),
+            started: Condvar::new(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Starts the measurement for every worker, now.
+    fn start_now(&self) -> Instant {
+        let now = Instant::now();
+        *self.start.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+        self.started.notify_all();
+        now
+    }
+
+    /// Blocks until the measurement starts; returns when it did.
+    fn wait_for_start(&self) -> Instant {
+        let mut start = self.start.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(start) = *start {
+                return start;
+            }
+            start = self
+                .started
+                .wait(start)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Makes Ctrl-C end the run early with a report; a second Ctrl-C exits at once.
+fn stop_on_interrupt() -> Result<Arc<AtomicBool>, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let register = || -> io::Result<()> {
+        // Registered first, so it sees the flag before the second hook sets it.
+        signal_hook::flag::register_conditional_shutdown(
+            signal_hook::consts::SIGINT,
+            130,
+            Arc::clone(&stop),
+        )?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+        Ok(())
+    };
+    register().map_err(|source| Error::Io {
+        context: "cannot handle SIGINT".to_string(),
+        source,
+    })?;
+    Ok(stop)
+}
+
+/// Raises the soft descriptor limit as far as the connections need.
+fn ensure_fd_limit(connections: usize) -> Result<(), Error> {
+    let needed = connections as u64 + SPARE_FDS;
+    let limit = rlimit::increase_nofile_limit(needed).map_err(|source| Error::Io {
+        context: "cannot raise the open-file limit".to_string(),
+        source,
+    })?;
+    if limit < needed {
+        return Err(Error::Failed(format!(
+            "{connections} connections need about {needed} file descriptors, \
+             but the limit is {limit} (ulimit -Hn)"
+        )));
+    }
+    Ok(())
+}
+
+/// Splits connection indices `0..connections` into `threads` contiguous,
+/// near-equal ranges.
+fn shares(connections: usize, threads: usize) -> Vec<Range<usize>> {
+    let (each, extra) = (connections / threads, connections % threads);
+    let mut start = 0;
+    (0..threads)
+        .map(|t| {
+            let len = each + usize::from(t < extra);
+            let range = start..start + len;
+            start += len;
+            range
+        })
+        .collect()
+}
+
+/// Opens connection number `index`, from its source address if any were
+/// given, ready for the benchmark.
+fn open_connection(dest: SocketAddr, options: &Options, index: usize) -> io::Result<TcpStream> {
+    let stream = match options.source_addrs.as_slice() {
+        [] => TcpStream::connect_timeout(&dest, options.timeout)?,
+        sources => socket::connect_from(sources[index % sources.len()], dest, options.timeout)?,
+    };
+    // One small message per write: never wait for an ACK to coalesce.
+    stream.set_nodelay(true)?;
+    set_timeouts(&stream, options.timeout)?;
+    Ok(stream)
+}
+
+/// One benchmark connection.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    /// The connection's number, from which its messages are derived.
+    index: u64,
+    /// When its message of the current round was written.
+    sent_at: Instant,
+    /// It failed this round; it is dropped at the end of the round.
+    failed: bool,
+}
+
+/// What one worker counted.
+#[derive(Debug)]
+struct Tally {
+    /// Round-trip latencies of the measured rounds, in nanoseconds.
+    latency_ns: Histogram<u64>,
+    round_trips: u64,
+    mismatches: u64,
+    connect_failures: u64,
+    errors: u64,
+    /// Connections opened and confirmed by their first echo.
+    opened: u64,
+    /// The first mismatch, connect failure and error, to tell the user.
+    first_mismatch: Option<String>,
+    first_connect_failure: Option<String>,
+    first_error: Option<String>,
+    /// When this worker's last round ended.
+    finished: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> Result<Tally, Error> {
+        let latency_ns = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)
+            .map_err(|err| Error::Failed(format!("cannot make a histogram: {err}")))?;
+        Ok(Tally {
+            latency_ns,
+            round_trips: 0,
+            mismatches: 0,
+            connect_failures: 0,
+            errors: 0,
+            opened: 0,
+            first_mismatch: None,
+            first_connect_failure: None,
+            first_error: None,
+            finished: None,
+        })
+    }
+
+    /// Adds another worker's counts to these.
+    fn merge(&mut self, other: Tally) -> Result<(), Error> {
+        self.latency_ns
+            .add(&other.latency_ns)
+            .map_err(|err| Error::Failed(format!("cannot merge histograms: {err:?}")))?;
+        self.round_trips += other.round_trips;
+        self.mismatches += other.mismatches;
+        self.connect_failures += other.connect_failures;
+        self.errors += other.errors;
+        self.opened += other.opened;
+        self.first_mismatch = self.first_mismatch.take().or(other.first_mismatch);
+        self.first_connect_failure = self
+            .first_connect_failure
+            .take()
+            .or(other.first_connect_failure);
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.finished = self.finished.max(other.finished);
+        Ok(())
+    }
+}
+
+/// One thread's share of the benchmark.
+struct Worker {
+    /// The connection indices this worker opens.
+    range: Range<usize>,
+    /// Connection 0, already opened by `run`, for the first worker.
+    first: Option<TcpStream>,
+    dest: SocketAddr,
+    options: Options,
+    shared: Arc<Shared>,
+    conns: Vec<Conn>,
+    /// The message being sent or expected back; reused for every message.
+    outgoing: Vec<u8>,
+    /// The echo being read; reused for every message.
+    incoming: Vec<u8>,
+    /// How many of `conns` (from the front) have echoed once; the rest are
+    /// the ramp batch just opened.
+    confirmed: usize,
+}
+
+impl Worker {
+    fn new(
+        range: Range<usize>,
+        first: Option<TcpStream>,
+        dest: SocketAddr,
+        options: &Options,
+        shared: &Arc<Shared>,
+    ) -> Worker {
+        Worker {
+            conns: Vec::with_capacity(range.len()),
+            range,
+            first,
+            dest,
+            options: options.clone(),
+            shared: Arc::clone(shared),
+            outgoing: vec![0; options.size],
+            incoming: vec![0; options.size],
+            confirmed: 0,
+        }
+    }
+
+    /// Opens the connections, waits for the start, runs rounds until the
+    /// deadline and returns the counts.
+    fn run(mut self) -> Result<Tally, Error> {
+        let mut tally = Tally::new()?;
+        self.ramp(&mut tally);
+        self.shared.ready.fetch_add(1, Ordering::SeqCst);
+        let deadline = self.shared.wait_for_start() + self.options.duration;
+        self.measure(deadline, &mut tally);
+        tally.finished = Some(Instant::now());
+        Ok(tally)
+    }
+
+    /// Measured rounds until `deadline`: every connection always has one
+    /// message in flight; the last round is read back without sending more.
+    fn measure(&mut self, deadline: Instant, tally: &mut Tally) {
+        let mut round = 1;
+        self.send_all(0, round, tally);
+        while !self.conns.is_empty() {
+            let last = Instant::now() >= deadline || self.shared.stopping();
+            self.receive_all(0, round, !last, tally);
+            if last {
+                return;
+            }
+            round += 1;
+        }
+    }
+
+    /// Opens this worker's connections in batches, confirming each batch
+    /// with one unmeasured echo (round 0) before opening the next.
+    fn ramp(&mut self, tally: &mut Tally) {
+        let batch = (RAMP_IN_FLIGHT / self.options.threads).max(1);
+        let mut failures_in_a_row = 0;
+        let mut next = self.range.start;
+        while next < self.range.end && !self.shared.stopping() {
+            let batch_end = (next + batch).min(self.range.end);
+            for index in next..batch_end {
+                if failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
+                    tally.connect_failures += 1; // not tried: see MAX_FAILURES_IN_A_ROW
+                } else if self.open(index, tally) {
+                    failures_in_a_row = 0;
+                } else {
+                    failures_in_a_row += 1;
+                }
+            }
+            self.shared
+                .attempted
+                .fetch_add(batch_end - next, Ordering::Relaxed);
+            self.send_all(self.confirmed, 0, tally);
+            self.receive_all(self.confirmed, 0, false, tally);
+            self.confirmed = self.conns.len();
+            next = batch_end;
+        }
+        // Ctrl-C during the ramp: the connections never opened count as failed.
+        tally.connect_failures += (self.range.end - next) as u64;
+        tally.opened = self.conns.len() as u64;
+    }
+
+    /// Opens connection `index`; false (and counted) if it fails.
+    fn open(&mut self, index: usize, tally: &mut Tally) -> bool {
+        let opened = match self.first.take() {
+            Some(stream) => Ok(stream),
+            None => open_connection(self.dest, &self.options, index),
+        };
+        match opened {
+            Ok(stream) => {
+                self.conns.push(Conn {
+                    stream,
+                    index: index as u64,
+                    sent_at: Instant::now(),
+                    failed: false,
+                });
+                true
+            }
+            Err(err) => {
+                tally.connect_failures += 1;
+                if tally.first_connect_failure.is_none() {
+                    tally.first_connect_failure = Some(connect_failure(index, &err));
+                }
+                false
+            }
+        }
+    }
+
+    /// Writes round `round`'s message to every connection from `from` on.
+    fn send_all(&mut self, from: usize, round: u64, tally: &mut Tally) {
+        let Worker {
+            conns,
+            outgoing,
+            options,
+            ..
+        } = self;
+        for conn in &mut conns[from..] {
+            send(conn, outgoing, round, tally, options.timeout);
+        }
+    }
+
+    /// Reads round `round`'s echo from every connection from `from` on and
+    /// checks it; with `send_next`, writes that connection's next message
+    /// as soon as its echo is in, so the server never runs out of work
+    /// while the client reads. Failed connections are dropped afterwards.
+    fn receive_all(&mut self, from: usize, round: u64, send_next: bool, tally: &mut Tally) {
+        let Worker {
+            conns,
+            outgoing,
+            incoming,
+            options,
+            ..
+        } = self;
+        let (mismatches, errors) = (tally.mismatches, tally.errors);
+        let mut round_trips = 0;
+        for conn in conns[from..].iter_mut().filter(|conn| !conn.failed) {
+            if let Err(err) = conn.stream.read_exact(incoming) {
+                tally.fail(conn, round, "receive", &err, options.timeout);
+                continue;
+            }
+            if round > 0 {
+                let nanos = conn.sent_at.elapsed().as_nanos();
+                let nanos = nanos.try_into().unwrap_or(u64::MAX);
+                tally.latency_ns.saturating_record(nanos);
+                round_trips += 1;
+            }
+            fill_message(outgoing, conn.index, round);
+            if incoming != outgoing {
+                tally.mismatch(conn.index, round, outgoing, incoming);
+            }
+            if send_next {
+                send(conn, outgoing, round + 1, tally, options.timeout);
+            }
+        }
+        // One pass over flags; cheap next to a system call per connection.
+        conns.retain(|conn| !conn.failed);
+        tally.round_trips += round_trips;
+        self.publish(
+            round_trips,
+            tally.mismatches - mismatches,
+            tally.errors - errors,
+        );
+    }
+
+    /// Adds a round's counts to the shared ones the live line shows.
+    fn publish(&self, round_trips: u64, mismatches: u64, errors: u64) {
+        let shared = &self.shared;
+        shared.round_trips.fetch_add(round_trips, Ordering::Relaxed);
+        if mismatches > 0 {
+            shared.mismatches.fetch_add(mismatches, Ordering::Relaxed);
+        }
+        if errors > 0 {
+            shared.errors.fetch_add(errors, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Tally {
+    /// Counts a failed connection and marks it for removal. A connection
+    /// that fails before its first echo (round 0, in the ramp) was never
+    /// usable, as when a server at its connection limit accepts and closes
+    /// at once: that is a connect failure, not an error.
+    fn fail(
+        &mut self,
+        conn: &mut Conn,
+        round: u64,
+        doing: &str,
+        err: &io::Error,
+        timeout: Duration,
+    ) {
+        conn.failed = true;
+        let (count, first, doing) = if round == 0 {
+            let doing = format!("{doing} of its first echo");
+            (
+                &mut self.connect_failures,
+                &mut self.first_connect_failure,
+                doing,
+            )
+        } else {
+            (&mut self.errors, &mut self.first_error, doing.to_string())
+        };
+        *count += 1;
+        if first.is_none() {
+            let why = match err.kind() {
+                io::ErrorKind::UnexpectedEof => "the server closed the connection".to_string(),
+                _ if is_timeout(err) => {
+                    format!("timed out after {} s (--timeout)", timeout.as_secs_f64())
+                }
+                _ => err.to_string(),
+            };
+            *first = Some(format!("conn {}: {doing}: {why}", conn.index));
+        }
+    }
+
+    /// Counts an echo that differs from the message sent.
+    fn mismatch(&mut self, index: u64, round: u64, sent: &[u8], echoed: &[u8]) {
+        self.mismatches += 1;
+        if self.first_mismatch.is_none() {
+            let at = sent
+                .iter()
+                .zip(echoed)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            self.first_mismatch = Some(format!(
+                "conn {index} round {round}: byte {at} of {} is 0x{:02x}, sent 0x{:02x}",
+                sent.len(),
+                echoed[at],
+                sent[at]
+            ));
+        }
+    }
+}
+
+/// Writes `conn`'s message of `round` (built in `outgoing`) and notes when.
+fn send(conn: &mut Conn, outgoing: &mut [u8], round: u64, tally: &mut Tally, timeout: Duration) {
+    fill_message(outgoing, conn.index, round);
+    conn.sent_at = Instant::now();
+    if let Err(err) = conn.stream.write_all(outgoing) {
+        tally.fail(conn, round, "send", &err, timeout);
+    }
+}
+
+/// Describes a failed connect, with a hint when the cause is well known.
+fn connect_failure(index: usize, err: &io::Error) -> String {
+    let hint = if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+        " (out of local ports? add source addresses with --source-addrs)"
+    } else {
+        ""
+    };
+    format!("conn {index}: {err}{hint}")
+}
+
+/// Fills `message` with bytes derived from the connection and the round:
+/// xorshift64 seeded by a bijective mix of the two, so no two (connection,
+/// round) pairs below 2^24 connections and 2^40 rounds share a seed.
+fn fill_message(message: &mut [u8], connection: u64, round: u64) {
+    let mut state = splitmix64((connection << 40) ^ round) | 1;
+    for chunk in message.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+/// SplitMix64's finaliser: a bijection on u64 that spreads every input bit.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Waits for the workers, showing progress on a terminal: first the ramp,
+/// then, once every worker is ready, starts the clock and shows the rate.
+/// Returns when measuring started.
+fn watch(
+    workers: &[JoinHandle<Result<Tally, Error>>],
+    shared: &Shared,
+    options: &Options,
+) -> Instant {
+    let mut live = LiveLine::new(io::stderr().is_terminal());
+    // A worker that ended before it was ready failed; start the others anyway.
+    while shared.ready.load(Ordering::SeqCst) < workers.len()
+        && !workers.iter().any(JoinHandle::is_finished)
+    {
+        thread::sleep(POLL_INTERVAL);
+        live.ramp(
+            shared.attempted.load(Ordering::Relaxed),
+            options.connections,
+        );
+    }
+    let start = shared.start_now();
+    while !workers.iter().all(JoinHandle::is_finished) {
+        thread::sleep(POLL_INTERVAL);
+        live.running(start, shared, options.size);
+    }
+    live.clear();
+    start
+}
+
+/// Joins the workers and adds up their counts.
+fn collect(workers: Vec<JoinHandle<Result<Tally, Error>>>) -> Result<Tally, Error> {
+    let mut total = Tally::new()?;
+    for worker in workers {
+        let tally = worker
+            .join()
+            .map_err(|_| Error::Failed("a bench thread panicked".to_string()))??;
+        total.merge(tally)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_connection_once() {
+        let ranges = shares(10, 3);
+        assert_eq!(ranges, vec![0..4, 4..7, 7..10]);
+        assert_eq!(shares(2, 2), vec![0..1, 1..2]);
+    }
+
+    #[test]
+    fn messages_differ_by_connection_and_round() {
+        let mut a = [0; 64];
+        let mut b = [0; 64];
+        fill_message(&mut a, 1, 1);
+        fill_message(&mut b, 1, 1);
+        assert_eq!(a, b);
+        fill_message(&mut b, 2, 1);
+        assert_ne!(a, b);
+        fill_message(&mut b, 1, 2);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn short_messages_are_filled_too() {
+        let mut one = [0; 1];
+        let mut other = [0; 1];
+        fill_message(&mut one, 0, 1);
+        fill_message(&mut other, 0, 2);
+        let mut odd = [0; 13];
+        fill_message(&mut odd, 3, 3);
+        assert!(odd.iter().any(|&b| b != 0));
+    }
+}

@@ -1,0 +1,335 @@
+//! `minetd-client`: a blocking client for minetd's services (and any TCP
+//! service), plus a high-connection-count echo benchmark.
+//!
+//! Everything here uses blocking `std::net` sockets on plain threads: no event
+//! loop and no async runtime, so the client is an independent check on the
+//! server rather than a mirror of it. This file holds the command line and
+//! the one place where errors become exit codes; the byte pumps live in
+//! [`pump`], the benchmark in [`bench`].
+
+mod addr;
+mod bench;
+mod error;
+mod escape;
+mod pump;
+mod socket;
+
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::addr::Target;
+use crate::error::Error;
+use crate::escape::Payload;
+use crate::pump::Peer;
+
+/// The top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "minetd-client",
+    version,
+    about = "Blocking client for minetd: echo, daytime, raw requests, HTTP HEAD and an echo benchmark",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Seconds to wait for the connection and for each read or write (fractions allowed)
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+/// One subcommand per service the client speaks.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stream stdin to an echo server and what comes back to stdout; at the
+    /// end of stdin, half-close, print the rest and exit
+    Echo {
+        /// Server address, HOST:PORT
+        #[arg(default_value = "127.0.0.1:7007")]
+        addr: Target,
+    },
+    /// Print what a daytime server sends until it closes
+    Daytime {
+        /// Server address, HOST:PORT
+        #[arg(default_value = "127.0.0.1:7013")]
+        addr: Target,
+    },
+    /// Send DATA, then print everything the peer sends until it closes
+    Request {
+        /// Peer address, HOST:PORT
+        addr: Target,
+        /// Bytes to send; the escapes \r \n \t \\ \0 \xHH are understood
+        data: Payload,
+        /// Shut down the sending side after DATA, so the peer sees the end of input
+        #[arg(long)]
+        half_close: bool,
+    },
+    /// Send an HTTP/1.0 HEAD request with a Host header and print the response
+    Head {
+        /// HTTP server address, HOST:PORT (also the Host header; the port is
+        /// left out of it when it is 80)
+        addr: Target,
+        /// Path to ask for
+        #[arg(default_value = "/", value_parser = parse_path)]
+        path: String,
+    },
+    /// Echo benchmark: keep one message in flight on every connection
+    ///
+    /// Opens the connections (in batches, each confirmed by one echo), then
+    /// for --duration seconds keeps one message of --size bytes in flight
+    /// on each and checks every echoed byte. Reports connections opened,
+    /// round trips and round trips per second, MB/s each way (10^6 bytes of
+    /// payload per second in each direction), closed-loop latency
+    /// percentiles in microseconds (write to full echo), mismatches,
+    /// connect failures (including connections closed before their first
+    /// echo) and errors. Any mismatch, connect failure or error makes the
+    /// exit status 1. Ctrl-C ends the run early, with a report.
+    Bench(BenchArgs),
+}
+
+/// Options of `bench`; see [`bench::Options`] for what each one means.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Echo server address, HOST:PORT
+    #[arg(default_value = "127.0.0.1:7007")]
+    addr: Target,
+    /// Connections to hold open at once
+    #[arg(long, value_name = "N", default_value = "100",
+          value_parser = clap::value_parser!(u32).range(1..=bench::MAX_CONNECTIONS))]
+    connections: u32,
+    /// Bytes per message (at most 65536, the server's default --max-pending:
+    /// the whole message must fit in flight without the client reading)
+    #[arg(long, value_name = "BYTES", default_value = "512",
+          value_parser = clap::value_parser!(u32).range(1..=bench::MAX_SIZE))]
+    size: u32,
+    /// Seconds to measure, after all connections are open
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    duration: Duration,
+    /// Client threads [default: the number of CPUs]
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+    /// Local addresses to connect from, round robin, comma-separated (e.g.
+    /// 127.0.0.1,127.0.0.2); each adds about 28,000 ports to the loopback ramp
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    source_addrs: Vec<std::net::IpAddr>,
+    /// Print the result as one JSON object on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // If stderr itself is gone there is nobody left to tell.
+            let _ = writeln!(io::stderr(), "minetd-client: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints help or version as clap does (exit 0); any other parse error
+/// becomes one line naming the bad value (exit 2).
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let line = if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap would print the whole help here; one line says the same.
+        "missing command: echo, daytime, request, head or bench (see --help)".to_string()
+    } else {
+        one_line(err)
+    };
+    let _ = writeln!(io::stderr(), "minetd-client: {line}");
+    ExitCode::from(2)
+}
+
+/// The first paragraph of clap's error on one line, without its `error: `
+/// prefix. Most errors are one line already; "required arguments were not
+/// provided" puts the argument names on the following lines.
+fn one_line(err: &clap::Error) -> String {
+    // `StyledStr`'s Display is plain text, so no colour codes leak into logs.
+    let rendered = err.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = paragraph.join(" ");
+    joined
+        .strip_prefix("error: ")
+        .unwrap_or(&joined)
+        .to_string()
+}
+
+/// Runs the chosen command.
+fn run(cli: Cli) -> Result<(), Error> {
+    let timeout = cli.timeout;
+    match cli.command {
+        Command::Echo { addr } => {
+            let (stream, peer) = open(&addr, timeout)?;
+            pump::echo(stream, &peer)
+        }
+        Command::Daytime { addr } => {
+            let (mut stream, peer) = open(&addr, timeout)?;
+            pump::print_until_close(&mut stream, &peer)
+        }
+        Command::Request {
+            addr,
+            data,
+            half_close,
+        } => {
+            let (mut stream, peer) = open(&addr, timeout)?;
+            pump::send(&mut stream, &peer, &data.0)?;
+            if half_close {
+                shut_write(&stream, &peer)?;
+            }
+            pump::print_until_close(&mut stream, &peer)
+        }
+        Command::Head { addr, path } => {
+            let (mut stream, peer) = open(&addr, timeout)?;
+            pump::send(&mut stream, &peer, head_request(&addr, &path).as_bytes())?;
+            // HTTP/1.0 without keep-alive: the server closes after the response.
+            pump::print_until_close(&mut stream, &peer)
+        }
+        Command::Bench(args) => bench::run(&bench_options(args, timeout)),
+    }
+}
+
+/// Connects to `target` within `timeout` and names the peer for messages.
+fn open(target: &Target, timeout: Duration) -> Result<(TcpStream, Peer), Error> {
+    let stream = target.connect(timeout)?;
+    let peer = Peer {
+        name: target.to_string(),
+        timeout,
+    };
+    Ok((stream, peer))
+}
+
+/// Shuts down our sending side: the peer reads end of input.
+fn shut_write(stream: &TcpStream, peer: &Peer) -> Result<(), Error> {
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|source| Error::Io {
+            context: format!("cannot half-close the connection to {}", peer.name),
+            source,
+        })
+}
+
+/// The GetHeadInfo probe: `HEAD PATH HTTP/1.0`, a `Host` header, a blank line.
+fn head_request(target: &Target, path: &str) -> String {
+    format!(
+        "HEAD {path} HTTP/1.0\r\nHost: {}\r\n\r\n",
+        target.host_header()
+    )
+}
+
+/// Turns `bench` arguments into the benchmark's options.
+fn bench_options(args: BenchArgs, timeout: Duration) -> bench::Options {
+    let threads = args.threads.map_or_else(default_threads, |t| t as usize);
+    bench::Options {
+        target: args.addr,
+        connections: args.connections as usize,
+        size: args.size as usize,
+        duration: args.duration,
+        threads,
+        source_addrs: args.source_addrs,
+        json: args.json,
+        timeout,
+    }
+}
+
+/// One bench thread per CPU: each thread keeps its core busy with blocking
+/// writes and reads, so more would only add context switches.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Parses a positive number of seconds, fractions allowed (`0.5`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| "expected a number of seconds".to_string())?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("must be more than 0 seconds".to_string());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| "too many seconds".to_string())
+}
+
+/// Parses the `head` PATH: anything that keeps the request line one line of
+/// three words.
+fn parse_path(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("the path is empty".to_string());
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the path may not hold spaces or control characters".to_string());
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn head_request_leaves_port_80_out_of_host() {
+        let target: Target = "example.com:80".parse().unwrap();
+        assert_eq!(
+            head_request(&target, "/"),
+            "HEAD / HTTP/1.0\r\nHost: example.com\r\n\r\n"
+        );
+        let target: Target = "[::1]:8080".parse().unwrap();
+        assert_eq!(
+            head_request(&target, "/x?y"),
+            "HEAD /x?y HTTP/1.0\r\nHost: [::1]:8080\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn durations_must_be_positive_seconds() {
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("NaN").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("ten").is_err());
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let err = Cli::try_parse_from(["minetd-client", "request"]).unwrap_err();
+        let line = one_line(&err);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("<ADDR>") && line.contains("<DATA>"), "{line}");
+        assert!(!line.starts_with("error:"), "{line}");
+    }
+
+    #[test]
+    fn timeout_is_accepted_before_and_after_the_command() {
+        let cli = Cli::try_parse_from(["minetd-client", "--timeout", "2", "daytime"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_secs(2));
+        let cli = Cli::try_parse_from(["minetd-client", "daytime", "--timeout", "3"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_secs(3));
+    }
+}

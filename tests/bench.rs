@@ -1,0 +1,378 @@
+//! `minetd-client bench` at small scale: against the real `minetd` for the
+//! report's shape, and against tiny servers in the test that corrupt,
+//! refuse or watch connections, for what the benchmark must catch.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use common::{STEP, Server};
+use serde_json::Value;
+
+/// Runs `minetd-client bench ARGS`, failing the test if it outlives `limit`.
+fn bench(args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(common::client_bin())
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn minetd-client");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for minetd-client"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("bench still running after {limit:?}");
+        }
+    }
+}
+
+/// The JSON report on stdout.
+fn report_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not JSON ({err}): {:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// A threaded echo server on loopback port 0 whose connections are handed
+/// to `serve` (with the order they were accepted in).
+fn test_server(serve: fn(TcpStream, usize)) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+    let addr = listener.local_addr().expect("local addr");
+    thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            stream.set_read_timeout(Some(STEP)).expect("read timeout");
+            stream.set_write_timeout(Some(STEP)).expect("write timeout");
+            thread::spawn(move || serve(stream, n));
+        }
+    });
+    addr
+}
+
+/// Echoes everything, but flips one bit of byte 150 on the first connection.
+fn corrupting_echo(mut stream: TcpStream, n: usize) {
+    const CORRUPT_AT: usize = 150;
+    let mut chunk = [0; 4096];
+    let mut offset = 0;
+    loop {
+        let Ok(len @ 1..) = stream.read(&mut chunk) else {
+            return;
+        };
+        let range = offset..offset + len;
+        if n == 0 && range.contains(&CORRUPT_AT) {
+            chunk[CORRUPT_AT - offset] ^= 0x01;
+        }
+        offset += len;
+        if stream.write_all(&chunk[..len]).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn json_report_has_every_key_and_counts_round_trips() {
+    let server = Server::start(&["--echo", "127.0.0.1:0"]);
+    let addr = server.echo().to_string();
+    let args = [
+        &addr,
+        "--connections",
+        "20",
+        "--size",
+        "100",
+        "--duration",
+        "0.5",
+        "--threads",
+        "2",
+        "--json",
+    ];
+    let output = bench(&args, STEP * 2);
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report_of(&output);
+    let keys: BTreeSet<&str> = report
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let expected = [
+        "connections",
+        "size",
+        "duration_s",
+        "round_trips",
+        "rps",
+        "mbps",
+        "latency_us",
+        "mismatches",
+        "connect_failures",
+        "errors",
+    ];
+    assert_eq!(keys, expected.into_iter().collect());
+    let latency = report["latency_us"].as_object().expect("latency object");
+    let latency_keys: BTreeSet<&str> = latency.keys().map(String::as_str).collect();
+    assert_eq!(
+        latency_keys,
+        ["p50", "p90", "p99", "p999", "max"].into_iter().collect()
+    );
+    assert_eq!(report["connections"], 20);
+    assert_eq!(report["size"], 100);
+    assert!(report["round_trips"].as_u64().expect("round_trips") > 0);
+    assert!(report["duration_s"].as_f64().expect("duration_s") >= 0.5);
+    assert!(report["rps"].as_f64().expect("rps") > 0.0);
+    assert!(report["mbps"].as_f64().expect("mbps") > 0.0);
+    let p50 = latency["p50"].as_f64().expect("p50");
+    let max = latency["max"].as_f64().expect("max");
+    assert!(0.0 < p50 && p50 <= max, "p50 {p50} max {max}");
+    assert_eq!(report["mismatches"], 0);
+    assert_eq!(report["connect_failures"], 0);
+    assert_eq!(report["errors"], 0);
+}
+
+#[test]
+fn text_report_names_every_figure() {
+    let server = Server::start(&["--echo", "127.0.0.1:0"]);
+    let addr = server.echo().to_string();
+    let output = bench(
+        &[&addr, "--connections", "4", "--duration", "0.2"],
+        STEP * 2,
+    );
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    for figure in [
+        "4 connections",
+        "round trips",
+        "per second",
+        "MB/s each way",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "closed loop",
+        "mismatches",
+        "connect failures",
+        "errors",
+    ] {
+        assert!(text.contains(figure), "{figure:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn corrupted_byte_is_a_mismatch_and_exit_1() {
+    let addr = test_server(corrupting_echo).to_string();
+    let args = [
+        &addr,
+        "--connections",
+        "3",
+        "--size",
+        "64",
+        "--duration",
+        "0.3",
+        "--threads",
+        "1",
+        "--json",
+    ];
+    let output = bench(&args, STEP * 2);
+    assert_eq!(output.status.code(), Some(1));
+    let report = report_of(&output);
+    assert_eq!(report["mismatches"], 1);
+    assert_eq!(report["errors"], 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("minetd-client: bench: 1 mismatch, 0 connect failures, 0 errors;"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("first mismatch: conn 0 round 2: byte 22 of 64"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn connections_closed_before_their_first_echo_are_connect_failures() {
+    // What a server at its --max-connections does: accept, then close.
+    let addr = test_server(|stream, _| drop(stream)).to_string();
+    let args = [
+        &addr,
+        "--connections",
+        "5",
+        "--duration",
+        "0.2",
+        "--threads",
+        "1",
+        "--json",
+    ];
+    let output = bench(&args, STEP * 2);
+    assert_eq!(output.status.code(), Some(1));
+    let report = report_of(&output);
+    assert_eq!(report["connect_failures"], 5);
+    assert_eq!(report["connections"], 0);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["round_trips"], 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("; first connect failure: conn "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn server_closing_mid_run_counts_errors() {
+    // Echoes the first message (the client's confirmation), then closes.
+    let addr = test_server(|mut stream, _| {
+        let mut first = [0; 64];
+        if stream.read_exact(&mut first).is_ok() {
+            let _ = stream.write_all(&first);
+        }
+    })
+    .to_string();
+    let args = [
+        &addr,
+        "--connections",
+        "3",
+        "--size",
+        "64",
+        "--duration",
+        "0.2",
+        "--json",
+    ];
+    let output = bench(&args, STEP * 2);
+    assert_eq!(output.status.code(), Some(1));
+    let report = report_of(&output);
+    assert_eq!(report["connections"], 3);
+    assert_eq!(report["connect_failures"], 0);
+    assert_eq!(report["errors"], 3);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("; first error: conn "), "{stderr}");
+}
+
+#[test]
+fn nobody_listening_is_cannot_connect() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let output = bench(&[&addr.to_string(), "--duration", "0.2"], STEP);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!("minetd-client: cannot connect to {addr}: Connection refused (os error 111)\n")
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn source_addrs_are_used_round_robin() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (peers_tx, peers_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = peers_tx.send(stream.peer_addr().map(|peer| peer.ip()));
+            thread::spawn(move || {
+                let mut chunk = [0; 4096];
+                while let Ok(len @ 1..) = stream.read(&mut chunk) {
+                    if stream.write_all(&chunk[..len]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let args = [
+        &addr.to_string(),
+        "--connections",
+        "4",
+        "--duration",
+        "0.2",
+        "--source-addrs",
+        "127.0.0.2,127.0.0.3",
+    ];
+    let output = bench(&args, STEP * 2);
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let peers: Vec<IpAddr> = (0..4)
+        .map(|_| {
+            peers_rx
+                .recv_timeout(STEP)
+                .expect("connection")
+                .expect("peer addr")
+        })
+        .collect();
+    let two = peers
+        .iter()
+        .filter(|ip| ip.to_string() == "127.0.0.2")
+        .count();
+    let three = peers
+        .iter()
+        .filter(|ip| ip.to_string() == "127.0.0.3")
+        .count();
+    assert_eq!((two, three), (2, 2), "{peers:?}");
+}
+
+#[test]
+fn size_beyond_the_limit_is_a_usage_error() {
+    let output = bench(&["--size", "65537"], STEP);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("65537"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// The scale the benchmark is for: 10,000 connections held against a local
+/// minetd (each process needs 10,000 descriptors; the client raises its
+/// own soft limit). About two seconds of ramp and run.
+#[test]
+fn holds_ten_thousand_connections() {
+    let server = Server::start(&["--echo", "127.0.0.1:0", "--max-connections", "10000"]);
+    let addr = server.echo().to_string();
+    let args = [
+        &addr,
+        "--connections",
+        "10000",
+        "--size",
+        "64",
+        "--duration",
+        "2",
+        "--json",
+    ];
+    let output = bench(&args, STEP * 6);
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report_of(&output);
+    assert_eq!(report["connections"], 10_000);
+    assert!(report["round_trips"].as_u64().expect("round_trips") >= 10_000);
+    assert_eq!(report["mismatches"], 0);
+    assert_eq!(report["errors"], 0);
+}
