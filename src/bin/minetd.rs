@@ -94,6 +94,15 @@ fn main() -> ExitCode {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         daytime_format: args.daytime_format,
     };
+    // Catch signals before the listening lines go out: a script may send
+    // SIGTERM the moment it has read them.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("minetd: cannot set up signal handling: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let mut server = match Server::bind(&config) {
         Ok(server) => server,
         Err(err) => {
@@ -101,8 +110,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if let Err(err) = server.register_external(&mut signals, mio::Interest::READABLE) {
+        eprintln!("minetd: cannot set up signal handling: {err}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     announce(&server, &listeners);
-    match serve(&mut server) {
+    match serve(&mut server, &mut signals) {
         Ok(code) => code,
         Err(err) => {
             error!("event loop failed: {err}");
@@ -185,9 +198,7 @@ fn announce(server: &Server, listeners: &[(Service, SocketAddr)]) {
 }
 
 /// Runs the loop with SIGINT and SIGTERM delivered into the same poll.
-fn serve(server: &mut Server) -> std::io::Result<ExitCode> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    server.register_external(&mut signals, mio::Interest::READABLE)?;
+fn serve(server: &mut Server, signals: &mut Signals) -> std::io::Result<ExitCode> {
     let mut shutting_down = false;
     loop {
         let turn = server.turn(None)?;
