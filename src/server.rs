@@ -55,6 +55,10 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a daytime connection waits, after its line, for the client to
 /// close before we close anyway.
 const DAYTIME_LINGER: Duration = Duration::from_secs(2);
+/// Stale deadlines tolerated in the heap beyond the live ones before it is
+/// rebuilt; small enough to be noise in memory, large enough that rebuilds
+/// are rare.
+const STALE_TIMERS_KEPT: usize = 1024;
 /// Warnings about limits repeat at most this often.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -653,6 +657,26 @@ impl Core {
         // A descriptor is free again: if accepting was paused for lack of
         // one, try now rather than at the pause's end.
         self.accept_paused_until = None;
+        self.purge_stale_timers();
+    }
+
+    /// A closed connection leaves its deadline in the heap until it comes
+    /// due, which may be minutes away: under churn those would pile up.
+    /// Rebuilding once stale entries outnumber live ones keeps the heap
+    /// within twice the connections, at amortised O(1) per close.
+    fn purge_stale_timers(&mut self) {
+        if self.timers.len() <= 2 * self.conns.len() + STALE_TIMERS_KEPT {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|Reverse(timer)| {
+            conns
+                .get(timer.key)
+                .is_some_and(|entry| entry.id == timer.id && entry.armed == Some(timer.at))
+        });
+        if self.timers.capacity() > 4 * self.timers.len() + STALE_TIMERS_KEPT {
+            self.timers.shrink_to_fit();
+        }
     }
 
     /// Puts the connection's next deadline in the heap unless an earlier one
