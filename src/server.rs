@@ -13,6 +13,7 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -181,7 +182,8 @@ struct Core {
     timers: BinaryHeap<Reverse<Timer>>,
     scratch: Box<[u8]>,
     limits: Limits,
-    next_id: u64,
+    next_id: u32,
+    clock: Clock,
     /// Accepting is paused (out of descriptors) until then, or until a
     /// connection closes.
     accept_paused_until: Option<Instant>,
@@ -212,20 +214,22 @@ struct Listener {
 /// A connection and what the loop keeps beside it.
 struct Entry {
     conn: Connection<TcpStream>,
-    /// Tells this connection from a later one that reuses its slab key.
-    id: u64,
+    /// Tells this connection from a later one that reuses its slab key. It
+    /// wraps after 4 billion connections; a stale timer would then also
+    /// have to match the deadline to be mistaken for a live one.
+    id: u32,
     /// What it is registered for; `None` = not registered.
     registered: Option<Interest>,
-    last_active: Instant,
-    linger_until: Option<Instant>,
+    last_active: Tick,
+    linger_until: Option<Tick>,
     /// The deadline of this connection's live entry in the timer heap.
-    armed: Option<Instant>,
+    armed: Option<Tick>,
 }
 
 impl Entry {
     /// The next deadline of this connection and what happens then.
-    fn due(&self, idle_timeout: Option<Duration>) -> Option<(Instant, CloseReason)> {
-        let idle = idle_timeout.map(|t| (self.last_active + t, CloseReason::IdleTimeout));
+    fn due(&self, idle_timeout: Option<Duration>) -> Option<(Tick, CloseReason)> {
+        let idle = idle_timeout.map(|t| (self.last_active.after(t), CloseReason::IdleTimeout));
         let linger = self.linger_until.map(|t| (t, CloseReason::LingerTimeout));
         match (idle, linger) {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
@@ -236,9 +240,41 @@ impl Entry {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
-    at: Instant,
+    at: Tick,
     key: usize,
-    id: u64,
+    id: u32,
+}
+
+/// A point in time as milliseconds since the server started: every
+/// connection keeps three, and an `Instant` is twice the size. The niche
+/// keeps `Option<Tick>` at eight bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Tick(NonZeroU64);
+
+impl Tick {
+    fn after(self, wait: Duration) -> Tick {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        Tick(self.0.saturating_add(ms))
+    }
+}
+
+/// Converts between `Instant`s and [`Tick`]s.
+struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    /// The tick `at` falls in (rounded down, so a deadline reached by tick
+    /// is reached by instant too).
+    fn tick(&self, at: Instant) -> Tick {
+        let ms = u64::try_from(at.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX - 1);
+        Tick(NonZeroU64::MIN.saturating_add(ms))
+    }
+
+    fn instant(&self, tick: Tick) -> Instant {
+        self.epoch + Duration::from_millis(tick.0.get() - 1)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,6 +353,9 @@ impl Server {
                 daytime_format: config.daytime_format,
             },
             next_id: 0,
+            clock: Clock {
+                epoch: Instant::now(),
+            },
             accept_paused_until: None,
             state: State::Running,
             handle,
@@ -429,7 +468,9 @@ impl Core {
             _ => None,
         };
         let next = [
-            self.timers.peek().map(|Reverse(timer)| timer.at),
+            self.timers
+                .peek()
+                .map(|Reverse(timer)| self.clock.instant(timer.at)),
             self.accept_paused_until,
             draining,
         ]
@@ -479,7 +520,7 @@ impl Core {
             .conn
             .on_ready(&mut self.scratch, event.is_read_closed());
         if entry.conn.bytes_in() + entry.conn.bytes_out() != moved {
-            entry.last_active = now;
+            entry.last_active = self.clock.tick(now);
         }
         self.settle(registry, key, outcome, now);
     }
@@ -499,7 +540,7 @@ impl Core {
         }
         let entry = &mut self.conns[key];
         if entry.conn.is_lingering() && entry.linger_until.is_none() {
-            entry.linger_until = Some(now + DAYTIME_LINGER);
+            entry.linger_until = Some(self.clock.tick(now).after(DAYTIME_LINGER));
             self.arm(key);
         }
         let entry = &mut self.conns[key];
@@ -604,12 +645,12 @@ impl Core {
                 Connection::daytime(stream, label, line.as_bytes())
             }
         };
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1);
         self.conns.insert(Entry {
             conn,
             id: self.next_id,
             registered: None,
-            last_active: now,
+            last_active: self.clock.tick(now),
             linger_until: None,
             armed: None,
         });
@@ -700,6 +741,7 @@ impl Core {
     /// Closes connections whose deadline has passed; re-arms those that were
     /// active since their entry was pushed.
     fn expire_timers(&mut self, now: Instant) {
+        let now = self.clock.tick(now);
         while let Some(Reverse(timer)) = self.timers.peek().copied() {
             if timer.at > now {
                 break;
