@@ -328,13 +328,17 @@ impl Server {
                     Interest::READABLE,
                 )
                 .map_err(listen_error)?;
-            info!("{service} listening on {local}");
             listeners.push(Listener {
                 socket,
                 service,
                 addr: local,
                 ready: false,
             });
+        }
+        // Only once every listener is bound: a later failure must not leave
+        // a log line announcing a listener that never served.
+        for listener in &listeners {
+            info!("{} listening on {}", listener.service, listener.addr);
         }
         let handle = ShutdownHandle {
             requested: Arc::new(AtomicBool::new(false)),
