@@ -2,36 +2,103 @@
 //! socket is opened. No I/O happens here.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The classic service a listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The classic service a listener speaks, over TCP or UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Service {
     /// Echo (RFC 862): every byte received is sent back.
     Echo,
     /// Daytime (RFC 867): one line with the time, then close.
     Daytime,
+    /// Discard (RFC 863): reads and throws away, never writes.
+    Discard,
+    /// Character generator (RFC 864): rotating lines of printable ASCII, as
+    /// fast as the peer reads.
+    Chargen,
+    /// Time (RFC 868): four bytes, seconds since 1900 in network order,
+    /// then close.
+    Time,
+    /// Echo over UDP: each datagram answered with itself.
+    UdpEcho,
+    /// Discard over UDP: datagrams are dropped.
+    UdpDiscard,
+    /// Daytime over UDP: any datagram is answered with the daytime line.
+    UdpDaytime,
+    /// Chargen over UDP: any datagram is answered with 0 to 512 characters.
+    UdpChargen,
+    /// Time over UDP: any datagram is answered with the four bytes.
+    UdpTime,
 }
 
 impl Service {
+    /// Every service, in the order [`Config::listeners`] lists them.
+    pub const ALL: [Service; 10] = [
+        Service::Echo,
+        Service::Daytime,
+        Service::Discard,
+        Service::Chargen,
+        Service::Time,
+        Service::UdpEcho,
+        Service::UdpDiscard,
+        Service::UdpDaytime,
+        Service::UdpChargen,
+        Service::UdpTime,
+    ];
+
     /// The name used in `listening NAME ADDR` lines, options and logs.
     pub fn name(self) -> &'static str {
         match self {
             Service::Echo => "echo",
             Service::Daytime => "daytime",
+            Service::Discard => "discard",
+            Service::Chargen => "chargen",
+            Service::Time => "time",
+            Service::UdpEcho => "udp-echo",
+            Service::UdpDiscard => "udp-discard",
+            Service::UdpDaytime => "udp-daytime",
+            Service::UdpChargen => "udp-chargen",
+            Service::UdpTime => "udp-time",
         }
     }
 
-    /// Where the `minetd` binary serves this service when no service option
-    /// is given: the RFC port plus 7000, on loopback only.
+    /// Whether it is served over UDP rather than TCP.
+    pub fn is_udp(self) -> bool {
+        matches!(
+            self,
+            Service::UdpEcho
+                | Service::UdpDiscard
+                | Service::UdpDaytime
+                | Service::UdpChargen
+                | Service::UdpTime
+        )
+    }
+
+    /// The well-known port of the protocol (the same for TCP and UDP).
+    pub fn well_known_port(self) -> u16 {
+        match self {
+            Service::Echo | Service::UdpEcho => 7,
+            Service::Discard | Service::UdpDiscard => 9,
+            Service::Daytime | Service::UdpDaytime => 13,
+            Service::Chargen | Service::UdpChargen => 19,
+            Service::Time | Service::UdpTime => 37,
+        }
+    }
+
+    /// Where the `minetd` binary serves this service by default: the
+    /// well-known port plus 7000, on loopback only.
     pub fn default_addr(self) -> SocketAddr {
-        let port = match self {
-            Service::Echo => 7007,
-            Service::Daytime => 7013,
-        };
-        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+        SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::LOCALHOST,
+            self.well_known_port() + 7000,
+        ))
+    }
+
+    /// Its index in [`Service::ALL`], for tables kept per service.
+    pub(crate) fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -104,6 +171,30 @@ pub struct Config {
     pub echo: Vec<SocketAddr>,
     /// Addresses to serve daytime on.
     pub daytime: Vec<SocketAddr>,
+    /// Addresses to serve discard on.
+    pub discard: Vec<SocketAddr>,
+    /// Addresses to serve chargen on.
+    pub chargen: Vec<SocketAddr>,
+    /// Addresses to serve time on.
+    pub time: Vec<SocketAddr>,
+    /// Addresses to serve UDP echo on. Echo and chargen over UDP are the
+    /// classic reflection vectors: see [`Config::validate`].
+    pub udp_echo: Vec<SocketAddr>,
+    /// Addresses to serve UDP discard on.
+    pub udp_discard: Vec<SocketAddr>,
+    /// Addresses to serve UDP daytime on.
+    pub udp_daytime: Vec<SocketAddr>,
+    /// Addresses to serve UDP chargen on.
+    pub udp_chargen: Vec<SocketAddr>,
+    /// Addresses to serve UDP time on.
+    pub udp_time: Vec<SocketAddr>,
+    /// Peers allowed in; empty = everyone. Connections from elsewhere are
+    /// closed at once and datagrams dropped.
+    pub allow: Vec<Cidr>,
+    /// Open connections from one IP address at most; `None` = no limit.
+    pub per_source: Option<usize>,
+    /// How often to log a line of counters; `None` = never.
+    pub stats_interval: Option<Duration>,
     /// Open client connections at most; past it a new connection is
     /// accepted and closed at once.
     pub max_connections: usize,
@@ -123,6 +214,17 @@ impl Default for Config {
         Config {
             echo: Vec::new(),
             daytime: Vec::new(),
+            discard: Vec::new(),
+            chargen: Vec::new(),
+            time: Vec::new(),
+            udp_echo: Vec::new(),
+            udp_discard: Vec::new(),
+            udp_daytime: Vec::new(),
+            udp_chargen: Vec::new(),
+            udp_time: Vec::new(),
+            allow: Vec::new(),
+            per_source: None,
+            stats_interval: None,
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
             max_pending: 64 * 1024,
@@ -133,18 +235,63 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Every `(service, address)` to listen on, echo first, each service's
-    /// addresses in the order given.
-    pub fn listeners(&self) -> impl Iterator<Item = (Service, SocketAddr)> + '_ {
-        let echo = self.echo.iter().map(|addr| (Service::Echo, *addr));
-        let daytime = self.daytime.iter().map(|addr| (Service::Daytime, *addr));
-        echo.chain(daytime)
+    /// The addresses configured for `service`.
+    pub fn addrs(&self, service: Service) -> &[SocketAddr] {
+        match service {
+            Service::Echo => &self.echo,
+            Service::Daytime => &self.daytime,
+            Service::Discard => &self.discard,
+            Service::Chargen => &self.chargen,
+            Service::Time => &self.time,
+            Service::UdpEcho => &self.udp_echo,
+            Service::UdpDiscard => &self.udp_discard,
+            Service::UdpDaytime => &self.udp_daytime,
+            Service::UdpChargen => &self.udp_chargen,
+            Service::UdpTime => &self.udp_time,
+        }
     }
 
-    /// Checks the values a server cannot run with.
+    /// The addresses configured for `service`, to change.
+    pub fn addrs_mut(&mut self, service: Service) -> &mut Vec<SocketAddr> {
+        match service {
+            Service::Echo => &mut self.echo,
+            Service::Daytime => &mut self.daytime,
+            Service::Discard => &mut self.discard,
+            Service::Chargen => &mut self.chargen,
+            Service::Time => &mut self.time,
+            Service::UdpEcho => &mut self.udp_echo,
+            Service::UdpDiscard => &mut self.udp_discard,
+            Service::UdpDaytime => &mut self.udp_daytime,
+            Service::UdpChargen => &mut self.udp_chargen,
+            Service::UdpTime => &mut self.udp_time,
+        }
+    }
+
+    /// Every `(service, address)` to listen on, in the order of
+    /// [`Service::ALL`], each service's addresses in the order given.
+    pub fn listeners(&self) -> impl Iterator<Item = (Service, SocketAddr)> + '_ {
+        Service::ALL
+            .into_iter()
+            .flat_map(move |service| self.addrs(service).iter().map(move |addr| (service, *addr)))
+    }
+
+    /// Checks the values a server cannot run with, and refuses UDP on a
+    /// non-loopback address without an allow-list: an open UDP echo or
+    /// chargen answers forged sources, which makes it a traffic amplifier.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.echo.is_empty() && self.daytime.is_empty() {
+        if self.listeners().next().is_none() {
             return Err(ConfigError::NoService);
+        }
+        if self.allow.is_empty() {
+            let exposed = self
+                .listeners()
+                .find(|(service, addr)| service.is_udp() && !addr.ip().is_loopback());
+            if let Some((service, addr)) = exposed {
+                return Err(ConfigError::ExposedUdp { service, addr });
+            }
+        }
+        if self.per_source == Some(0) {
+            return Err(ConfigError::ZeroPerSource);
         }
         if self.max_connections == 0 {
             return Err(ConfigError::ZeroMaxConnections);
@@ -165,6 +312,15 @@ pub enum ConfigError {
     ZeroMaxConnections,
     /// `max_pending` is 0: echo could never read a byte.
     ZeroMaxPending,
+    /// `per_source` is `Some(0)`: every connection would be refused.
+    ZeroPerSource,
+    /// A UDP service on a non-loopback address with no allow-list.
+    ExposedUdp {
+        /// The UDP service.
+        service: Service,
+        /// Its non-loopback address.
+        addr: SocketAddr,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -173,15 +329,156 @@ impl fmt::Display for ConfigError {
             ConfigError::NoService => f.write_str("no service to serve: give at least one address"),
             ConfigError::ZeroMaxConnections => f.write_str("max-connections must be at least 1"),
             ConfigError::ZeroMaxPending => f.write_str("max-pending must be at least 1"),
+            ConfigError::ZeroPerSource => f.write_str("per-source must be at least 1"),
+            ConfigError::ExposedUdp { service, addr } => write!(
+                f,
+                "refusing to serve {service} on non-loopback address {addr} without --allow: \
+                 an open UDP service can be used to reflect and amplify traffic"
+            ),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
+/// A block of IP addresses, `ADDR/PREFIX` (`10.0.0.0/8`, `::1/128`); a bare
+/// address is a block of one.
+///
+/// ```
+/// let loopback: minetd::Cidr = "127.0.0.0/8".parse().unwrap();
+/// assert!(loopback.contains("127.1.2.3".parse().unwrap()));
+/// assert!(!loopback.contains("10.0.0.1".parse().unwrap()));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `addr` is in this block. An IPv4 address seen on an IPv6
+    /// socket (`::ffff:10.0.0.1`) counts as the IPv4 address.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self.network, addr.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_matches(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_matches(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `prefix` of `width` bits of `a` and `b` agree.
+fn prefix_matches(a: u128, b: u128, prefix: u8, width: u32) -> bool {
+    let host_bits = width - u32::from(prefix);
+    host_bits >= width || (a >> host_bits) == (b >> host_bits)
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address or ADDR/PREFIX block"))?;
+        let width = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => width,
+            Some(text) => match text.parse::<u8>() {
+                Ok(n) if n <= width => n,
+                _ => return Err(format!("'{s}': prefix must be 0 to {width}")),
+            },
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_contains_exactly_its_block() {
+        let block: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(block.contains("10.1.255.255".parse().unwrap()));
+        assert!(!block.contains("10.2.0.0".parse().unwrap()));
+        assert!(block.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!block.contains("::1".parse().unwrap()));
+        let one: Cidr = "::1".parse().unwrap();
+        assert_eq!(one.to_string(), "::1/128");
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let all6: Cidr = "::/0".parse().unwrap();
+        assert!(all6.contains("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn cidr_errors_name_the_bad_value() {
+        assert_eq!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err("'10.0.0.0/33': prefix must be 0 to 32".to_string())
+        );
+        assert_eq!(
+            "ten/8".parse::<Cidr>(),
+            Err("'ten/8' is not an address or ADDR/PREFIX block".to_string())
+        );
+    }
+
+    #[test]
+    fn udp_off_loopback_needs_an_allow_list() {
+        let addr: SocketAddr = "0.0.0.0:7007".parse().unwrap();
+        let mut config = Config {
+            udp_echo: vec![addr],
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ExposedUdp {
+                service: Service::UdpEcho,
+                addr
+            })
+        );
+        config.allow.push("192.0.2.0/24".parse().unwrap());
+        assert_eq!(config.validate(), Ok(()));
+        let tcp = Config {
+            echo: vec![addr],
+            ..Config::default()
+        };
+        assert_eq!(tcp.validate(), Ok(()));
+    }
+
+    #[test]
+    fn default_addresses_are_the_well_known_port_plus_7000() {
+        let ports: Vec<u16> = Service::ALL
+            .iter()
+            .map(|s| s.default_addr().port())
+            .collect();
+        assert_eq!(
+            ports,
+            [7007, 7013, 7009, 7019, 7037, 7007, 7009, 7013, 7019, 7037]
+        );
+        assert!(
+            Service::ALL
+                .iter()
+                .all(|s| s.default_addr().ip().is_loopback())
+        );
+        assert_eq!(Service::UdpChargen.name(), "udp-chargen");
+    }
 
     #[test]
     fn default_serves_nothing_and_is_rejected() {

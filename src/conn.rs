@@ -12,6 +12,12 @@ use std::net::{Shutdown, SocketAddr};
 use log::trace;
 use mio::Interest;
 
+use crate::chargen;
+
+/// Bytes of pattern offered to one chargen `write`: as much as one echo read,
+/// so a fast reader moves the same 64 KiB per syscall.
+const CHARGEN_WRITE: usize = 64 * 1024;
+
 /// Whether a read that fills less than the buffer, or a write that takes less
 /// than offered, proves the socket drained (or full) for now.
 ///
@@ -28,6 +34,12 @@ use mio::Interest;
 /// socket that is already readable at `EPOLL_CTL_MOD` time.
 /// Elsewhere (kqueue, level-triggered emulations) we drain to `WouldBlock`.
 const SHORT_IO_MEANS_DRAINED: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Reads (and chargen writes) one connection may do per readiness event. A
+/// peer that keeps its socket full could otherwise hold the loop forever;
+/// at 64 KiB a read this is 1 MiB per turn, far more than any one message.
+/// A connection that stops here with work left asks to be re-armed.
+const IO_PER_EVENT: u32 = 16;
 
 /// A byte stream a connection can half-close.
 pub trait Stream: Read + Write {
@@ -105,18 +117,26 @@ impl fmt::Display for Label {
 /// What a connection does with the bytes it reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
+    /// Sends back what it reads.
     Echo,
-    Daytime,
+    /// Sends what it owes from the start (daytime's line, time's four
+    /// bytes), then closes the lingering way.
+    Announce,
+    /// Reads and throws away.
+    Discard,
+    /// Sends the chargen pattern from `position` on; throws input away.
+    Chargen { position: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Echo: reading and echoing. Daytime: sending the line.
+    /// Echo: reading and echoing. Announce: sending what it owes.
+    /// Discard, chargen: the only phase.
     Serving,
     /// Echo: the peer half-closed; flush what is owed, then close.
     PeerDone,
-    /// Daytime: the line is sent and our side shut down; discard input until
-    /// the peer closes, so that closing cannot reset the line away.
+    /// Announce: the bytes are sent and our side shut down; discard input
+    /// until the peer closes, so that closing cannot reset them away.
     Lingering,
 }
 
@@ -184,6 +204,9 @@ pub struct Connection<S> {
     /// Set on server shutdown: close as soon as nothing is owed and no input
     /// is waiting.
     close_when_idle: bool,
+    /// Stopped at [`IO_PER_EVENT`] with work left: the poll must report it
+    /// again, as no new edge will come.
+    yielded: bool,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -196,7 +219,23 @@ impl<S: Stream> Connection<S> {
 
     /// A daytime connection that owes `line` and nothing else.
     pub fn daytime(stream: S, label: Label, line: &[u8]) -> Self {
-        Connection::new(stream, label, Role::Daytime, line.len(), line)
+        Connection::new(stream, label, Role::Announce, line.len(), line)
+    }
+
+    /// A time connection that owes the four bytes of RFC 868.
+    pub fn time(stream: S, label: Label, now: [u8; 4]) -> Self {
+        Connection::new(stream, label, Role::Announce, now.len(), &now)
+    }
+
+    /// A discard connection: reads everything, writes nothing.
+    pub fn discard(stream: S, label: Label) -> Self {
+        Connection::new(stream, label, Role::Discard, 1, &[])
+    }
+
+    /// A chargen connection: writes the pattern as fast as the peer reads,
+    /// straight from the static pattern, so it owes nothing itself.
+    pub fn chargen(stream: S, label: Label) -> Self {
+        Connection::new(stream, label, Role::Chargen { position: 0 }, 1, &[])
     }
 
     fn new(stream: S, label: Label, role: Role, pending_limit: usize, owed: &[u8]) -> Self {
@@ -208,6 +247,7 @@ impl<S: Stream> Connection<S> {
             owed: Owed::default(),
             pending_limit: pending_limit.max(1),
             close_when_idle: false,
+            yielded: false,
             bytes_in: 0,
             bytes_out: 0,
         };
@@ -240,7 +280,15 @@ impl<S: Stream> Connection<S> {
         self.owed.len()
     }
 
-    /// Whether this is a daytime connection waiting for its peer to close.
+    /// Whether it stopped with work left on its last event, to let other
+    /// connections have a turn; the caller must ask the poll to report it
+    /// again (re-register), or it would wait for an edge that never comes.
+    pub fn yielded(&self) -> bool {
+        self.yielded
+    }
+
+    /// Whether this is a daytime or time connection waiting for its peer to
+    /// close.
     pub fn is_lingering(&self) -> bool {
         self.phase == Phase::Lingering
     }
@@ -256,9 +304,12 @@ impl<S: Stream> Connection<S> {
     /// `read_closed` says the event that woke us carried the peer's FIN.
     /// Returns `Some(reason)` when the connection should be closed now.
     pub fn on_ready(&mut self, scratch: &mut [u8], read_closed: bool) -> Option<CloseReason> {
+        self.yielded = false;
         let result = match self.role {
             Role::Echo => self.serve_echo(scratch, read_closed),
-            Role::Daytime => self.serve_daytime(scratch),
+            Role::Announce => self.serve_announce(scratch, read_closed),
+            Role::Discard => self.serve_discard(scratch, read_closed),
+            Role::Chargen { position } => self.serve_chargen(scratch, read_closed, position),
         };
         result.unwrap_or_else(|err| Some(CloseReason::from_error(&err)))
     }
@@ -266,12 +317,14 @@ impl<S: Stream> Connection<S> {
     /// The readiness this connection waits for now; `None` means none
     /// (deregister it).
     pub fn interest(&self) -> Option<Interest> {
-        let read = match self.phase {
-            Phase::Serving => self.role == Role::Echo && self.owed.len() < self.pending_limit,
-            Phase::PeerDone => false,
-            Phase::Lingering => true,
+        let read = match (self.phase, self.role) {
+            (Phase::Serving, Role::Echo) => self.owed.len() < self.pending_limit,
+            (Phase::Serving, Role::Announce) => false,
+            (Phase::Serving, Role::Discard | Role::Chargen { .. }) => true,
+            (Phase::PeerDone, _) => false,
+            (Phase::Lingering, _) => true,
         };
-        let write = !self.owed.is_empty();
+        let write = !self.owed.is_empty() || matches!(self.role, Role::Chargen { .. });
         match (read, write) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),
@@ -289,6 +342,7 @@ impl<S: Stream> Connection<S> {
         // hints, and a stale one only costs a WouldBlock.
         let mut writable = true;
         let mut readable = self.phase == Phase::Serving;
+        let mut budget = IO_PER_EVENT;
         loop {
             if writable && !self.owed.is_empty() {
                 writable = self.flush()?;
@@ -303,6 +357,11 @@ impl<S: Stream> Connection<S> {
                 // paused reader gets no new edge (PITFALLS 2).
                 break;
             }
+            if budget == 0 {
+                self.yielded = true;
+                break;
+            }
+            budget -= 1;
             let want = room.min(scratch.len());
             match self.stream.read(&mut scratch[..want]) {
                 Ok(0) => {
@@ -339,29 +398,99 @@ impl<S: Stream> Connection<S> {
         Ok(None)
     }
 
-    fn serve_daytime(&mut self, scratch: &mut [u8]) -> io::Result<Option<CloseReason>> {
-        if self.phase == Phase::Serving {
-            self.flush()?;
-            if !self.owed.is_empty() {
-                return Ok(None);
-            }
-            // The FIN tells the client the line is complete; it answers by
-            // closing, which ends our linger below.
-            self.stream.shutdown_write()?;
-            self.phase = Phase::Lingering;
-        }
-        loop {
+    /// Reads and drops input until the socket is drained, the budget is
+    /// spent, or the peer closes; `Some` if the connection should close.
+    fn drain_input(
+        &mut self,
+        scratch: &mut [u8],
+        read_closed: bool,
+    ) -> io::Result<Option<CloseReason>> {
+        for _ in 0..IO_PER_EVENT {
             match self.stream.read(scratch) {
-                Ok(0) => return Ok(Some(CloseReason::PeerClosed)),
+                Ok(0) => {
+                    trace!("{} read EOF", self.label);
+                    return Ok(Some(CloseReason::PeerClosed));
+                }
                 Ok(n) => {
                     self.bytes_in += n as u64;
                     trace!("{} read {n}, discarded", self.label);
+                    if SHORT_IO_MEANS_DRAINED && n < scratch.len() && !read_closed {
+                        return Ok(None);
+                    }
                 }
                 Err(err) if would_block(&err) => return Ok(None),
                 Err(err) if interrupted(&err) => {}
                 Err(err) => return Err(err),
             }
         }
+        self.yielded = true;
+        Ok(None)
+    }
+
+    fn serve_discard(
+        &mut self,
+        scratch: &mut [u8],
+        read_closed: bool,
+    ) -> io::Result<Option<CloseReason>> {
+        if let Some(reason) = self.drain_input(scratch, read_closed)? {
+            return Ok(Some(reason));
+        }
+        if self.close_when_idle && !self.yielded {
+            return Ok(Some(CloseReason::Shutdown));
+        }
+        Ok(None)
+    }
+
+    /// Writes the pattern until the socket is full. The peer's input is
+    /// read and dropped, and its EOF ends the connection: RFC 864 stops when
+    /// the user closes.
+    fn serve_chargen(
+        &mut self,
+        scratch: &mut [u8],
+        read_closed: bool,
+        mut position: usize,
+    ) -> io::Result<Option<CloseReason>> {
+        if let Some(reason) = self.drain_input(scratch, read_closed)? {
+            return Ok(Some(reason));
+        }
+        if self.close_when_idle {
+            // Chargen never runs out of bytes to send: at shutdown it has
+            // nothing owed, so it stops at once.
+            return Ok(Some(CloseReason::Shutdown));
+        }
+        let mut blocked = false;
+        for _ in 0..IO_PER_EVENT {
+            let window = chargen::window(position, CHARGEN_WRITE);
+            let (sent, full) = self.write_some(window)?;
+            position = chargen::advance(position, sent);
+            if full {
+                blocked = true;
+                break;
+            }
+        }
+        self.role = Role::Chargen { position };
+        if !blocked {
+            self.yielded = true;
+        }
+        Ok(None)
+    }
+
+    fn serve_announce(
+        &mut self,
+        scratch: &mut [u8],
+        read_closed: bool,
+    ) -> io::Result<Option<CloseReason>> {
+        if self.phase == Phase::Serving {
+            self.flush()?;
+            if !self.owed.is_empty() {
+                return Ok(None);
+            }
+            // The FIN tells the client the answer is complete; it answers by
+            // closing, which ends our linger below.
+            self.stream.shutdown_write()?;
+            self.phase = Phase::Lingering;
+        }
+        self.drain_input(scratch, read_closed)
     }
 
     /// Writes what is owed; returns whether the socket may take more.

@@ -1,4 +1,5 @@
-//! The daytime line (RFC 867) in each [`DaytimeFormat`], in UTC.
+//! The daytime line (RFC 867) in each [`DaytimeFormat`], in UTC, and the
+//! time service's four bytes (RFC 868).
 //!
 //! The calendar arithmetic is H. Hinnant's `civil_from_days`: exact for every
 //! date the Unix epoch can name, with no time-zone database and no crate.
@@ -94,12 +95,31 @@ pub fn line_at(format: DaytimeFormat, secs: i64) -> String {
 
 /// The daytime line for the current time.
 pub fn line_now(format: DaytimeFormat) -> String {
-    let secs = match SystemTime::now().duration_since(UNIX_EPOCH) {
+    line_at(format, unix_now())
+}
+
+/// Seconds since 1970-01-01 UTC, now.
+fn unix_now() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(since) => since.as_secs() as i64,
-        // A clock set before 1970 still gets a line rather than a panic.
+        // A clock set before 1970 still gets an answer rather than a panic.
         Err(before) => -(before.duration().as_secs() as i64),
-    };
-    line_at(format, secs)
+    }
+}
+
+/// Seconds from 1900-01-01 to 1970-01-01 (RFC 868).
+const SECONDS_1900_TO_1970: i64 = 2_208_988_800;
+
+/// The time service's answer for `unix_secs`: seconds since 1900-01-01 UTC
+/// as a 32-bit number in network order. It wraps in 2036, as RFC 868's
+/// 32 bits do, and clients expect exactly that.
+pub fn time_bytes_at(unix_secs: i64) -> [u8; 4] {
+    ((unix_secs + SECONDS_1900_TO_1970) as u32).to_be_bytes()
+}
+
+/// The time service's answer for now.
+pub fn time_bytes_now() -> [u8; 4] {
+    time_bytes_at(unix_now())
 }
 
 #[cfg(test)]
@@ -108,6 +128,15 @@ mod tests {
 
     fn ctime(secs: i64) -> String {
         line_at(DaytimeFormat::Ctime, secs)
+    }
+
+    #[test]
+    fn time_counts_from_1900_in_network_order() {
+        assert_eq!(time_bytes_at(0), 2_208_988_800u32.to_be_bytes());
+        // RFC 868's own example: 2,629,584,000 is 1983-05-01T00:00:00Z.
+        assert_eq!(time_bytes_at(420_595_200), [0x9c, 0xbc, 0x44, 0x80]);
+        // 2036-02-07T06:28:16Z is 2^32 seconds after 1900: it wraps to 0.
+        assert_eq!(time_bytes_at(2_085_978_496), [0, 0, 0, 0]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! # minetd
 //!
-//! The classic small TCP services — echo (RFC 862) and daytime (RFC 867) —
-//! served from **one thread**: a single `mio::Poll` loop that keeps every
+//! The classic small services — echo (RFC 862), daytime (RFC 867), discard
+//! (RFC 863), chargen (RFC 864) and time (RFC 868), over TCP and, when asked
+//! for, UDP — served from **one thread**: a single `mio::Poll` loop that keeps every
 //! accepted `TcpStream` in a `slab::Slab`, each with its own buffer of bytes
 //! still owed to its peer.
 //!
@@ -11,7 +12,9 @@
 //!   [`ShutdownHandle`].
 //! - [`conn`]: one peer's state machine ([`Connection`]), free of sockets so
 //!   that tests can drive it with simulated streams.
-//! - [`daytime`]: the daytime line in each format.
+//! - [`daytime`]: the daytime line in each format, and time's four bytes.
+//! - [`chargen`]: the character generator's pattern.
+//! - [`stats`]: the counters the server keeps per service ([`Stats`]).
 //!
 //! The library starts no threads, installs no signal handlers and leaves
 //! process limits to its embedder. Embedding it:
@@ -32,11 +35,15 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod chargen;
 pub mod config;
 pub mod conn;
 pub mod daytime;
 pub mod server;
+pub mod stats;
+mod udp;
 
-pub use config::{Config, ConfigError, DaytimeFormat, Service};
+pub use config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 pub use conn::{CloseReason, Connection};
 pub use server::{BindError, Server, ShutdownHandle, Turn};
+pub use stats::{Counters, Stats};

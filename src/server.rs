@@ -9,10 +9,10 @@
 //! read (PITFALLS 7).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,13 +20,15 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, log_enabled, trace, warn};
 use mio::event::{Event, Source};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
-use crate::config::{Config, ConfigError, DaytimeFormat, Service};
+use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 use crate::conn::{CloseReason, Connection, Label, interrupted, would_block};
 use crate::daytime;
+use crate::stats::Stats;
+use crate::udp::{Answerer, NEVER_ANSWER_PORTS};
 
 /// Wakes the loop for [`ShutdownHandle::shutdown`].
 const WAKER: Token = Token(usize::MAX);
@@ -42,6 +44,8 @@ const LISTENER_BASE: usize = usize::MAX / 2;
 const READ_CHUNK: usize = 64 * 1024;
 /// Events taken per `epoll_wait`; more wait for the next turn.
 const EVENTS_PER_TURN: usize = 1024;
+/// Datagrams per UDP socket per turn, for the same fairness as accepts.
+const DATAGRAMS_PER_TURN: usize = 256;
 /// Accepts per listener per turn: enough to ramp 10,000 connections quickly,
 /// few enough that a connect flood cannot starve established peers
 /// (PITFALLS 6). A listener still ready after its share is retried next turn.
@@ -192,6 +196,12 @@ struct Core {
     handle: ShutdownHandle,
     refusal_warning: RateLimit,
     descriptor_warning: RateLimit,
+    /// Open connections per peer address, kept only with a per-source limit.
+    per_source: Option<HashMap<IpAddr, u32>>,
+    stats: Stats,
+    /// When the next stats line is due, with `--stats-interval`.
+    next_stats: Option<Instant>,
+    answerer: Answerer,
 }
 
 struct Limits {
@@ -200,10 +210,35 @@ struct Limits {
     pending_limit: usize,
     shutdown_grace: Duration,
     daytime_format: DaytimeFormat,
+    allow: Vec<Cidr>,
+    per_source: Option<usize>,
+    stats_interval: Option<Duration>,
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Socket {
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Socket::Tcp(listener) => listener,
+            Socket::Udp(socket) => socket,
+        }
+    }
+}
+
+/// Why a connection was accepted only to be closed.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    NotAllowed,
+    MaxConnections,
+    PerSource,
 }
 
 struct Listener {
-    socket: TcpListener,
+    socket: Socket,
     service: Service,
     addr: SocketAddr,
     /// Its readiness edge has not been drained by an accept that said
@@ -214,6 +249,7 @@ struct Listener {
 /// A connection and what the loop keeps beside it.
 struct Entry {
     conn: Connection<TcpStream>,
+    service: Service,
     /// Tells this connection from a later one that reuses its slab key. It
     /// wraps after 4 billion connections; a stale timer would then also
     /// have to match the deadline to be mistaken for a live one.
@@ -319,11 +355,19 @@ impl Server {
                 addr,
                 source,
             };
-            let mut socket = listen(addr).map_err(listen_error)?;
-            let local = socket.local_addr().map_err(listen_error)?;
+            let mut socket = if service.is_udp() {
+                Socket::Udp(UdpSocket::bind(addr).map_err(listen_error)?)
+            } else {
+                Socket::Tcp(listen(addr).map_err(listen_error)?)
+            };
+            let local = match &socket {
+                Socket::Tcp(listener) => listener.local_addr(),
+                Socket::Udp(socket) => socket.local_addr(),
+            }
+            .map_err(listen_error)?;
             poll.registry()
                 .register(
-                    &mut socket,
+                    socket.source(),
                     Token(LISTENER_BASE + index),
                     Interest::READABLE,
                 )
@@ -344,6 +388,8 @@ impl Server {
             requested: Arc::new(AtomicBool::new(false)),
             waker: Arc::new(waker),
         };
+        let served: Vec<Service> = listeners.iter().map(|l| l.service).collect();
+        let started = Instant::now();
         let core = Core {
             listeners,
             conns: Slab::new(),
@@ -355,16 +401,21 @@ impl Server {
                 pending_limit: config.max_pending,
                 shutdown_grace: config.shutdown_grace,
                 daytime_format: config.daytime_format,
+                allow: config.allow.clone(),
+                per_source: config.per_source,
+                stats_interval: config.stats_interval,
             },
             next_id: 0,
-            clock: Clock {
-                epoch: Instant::now(),
-            },
+            clock: Clock { epoch: started },
             accept_paused_until: None,
             state: State::Running,
             handle,
             refusal_warning: RateLimit::default(),
             descriptor_warning: RateLimit::default(),
+            per_source: config.per_source.map(|_| HashMap::new()),
+            stats: Stats::new(served),
+            next_stats: config.stats_interval.map(|every| started + every),
+            answerer: Answerer::new(config.daytime_format, seed_from(started)),
         };
         Ok(Server {
             poll,
@@ -418,6 +469,11 @@ impl Server {
         self.core.conns.len()
     }
 
+    /// The counters of every service since the server started.
+    pub fn stats(&self) -> Stats {
+        self.core.stats.clone()
+    }
+
     /// Serves until a shutdown has finished.
     pub fn run(&mut self) -> io::Result<()> {
         while !self.turn(None)?.finished {}
@@ -454,6 +510,7 @@ impl Server {
         self.core.check_shutdown(registry, now);
         self.core.accept_ready(registry, now);
         self.core.expire_timers(now);
+        self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
         Ok(turn)
     }
@@ -477,6 +534,7 @@ impl Core {
                 .map(|Reverse(timer)| self.clock.instant(timer.at)),
             self.accept_paused_until,
             draining,
+            self.next_stats,
         ]
         .into_iter()
         .flatten()
@@ -519,14 +577,25 @@ impl Core {
                 },
             );
         }
-        let moved = entry.conn.bytes_in() + entry.conn.bytes_out();
-        let outcome = entry
-            .conn
-            .on_ready(&mut self.scratch, event.is_read_closed());
-        if entry.conn.bytes_in() + entry.conn.bytes_out() != moved {
-            entry.last_active = self.clock.tick(now);
-        }
+        let outcome = self.run_conn(key, event.is_read_closed(), now);
         self.settle(registry, key, outcome, now);
+    }
+
+    /// Lets connection `key` read and write what it can, and counts what
+    /// moved.
+    fn run_conn(&mut self, key: usize, read_closed: bool, now: Instant) -> Option<CloseReason> {
+        let entry = &mut self.conns[key];
+        let (bytes_in, bytes_out) = (entry.conn.bytes_in(), entry.conn.bytes_out());
+        let outcome = entry.conn.on_ready(&mut self.scratch, read_closed);
+        let read = entry.conn.bytes_in() - bytes_in;
+        let written = entry.conn.bytes_out() - bytes_out;
+        if read + written != 0 {
+            entry.last_active = self.clock.tick(now);
+            let counters = self.stats.get_mut(entry.service);
+            counters.bytes_in += read;
+            counters.bytes_out += written;
+        }
+        outcome
     }
 
     /// After a connection has run: close it, or bring its registration and
@@ -549,7 +618,10 @@ impl Core {
         }
         let entry = &mut self.conns[key];
         let wanted = entry.conn.interest();
-        if wanted == entry.registered {
+        // A connection that yielded with work left needs re-registering
+        // even with the same interest: that re-arms the edge, so the next
+        // poll reports it again.
+        if wanted == entry.registered && !entry.conn.yielded() {
             return;
         }
         let token = Token(key);
@@ -566,43 +638,104 @@ impl Core {
         }
     }
 
-    /// Accepts on every listener that is still ready, up to its share.
+    /// Accepts on every listener that is still ready, up to its share, and
+    /// answers the datagrams waiting on UDP sockets.
     fn accept_ready(&mut self, registry: &Registry, now: Instant) {
         if self.state != State::Running {
             return;
         }
-        if let Some(until) = self.accept_paused_until {
-            if now < until {
-                return;
-            }
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
         }
         for index in 0..self.listeners.len() {
             if !self.listeners[index].ready {
                 continue;
             }
-            for _ in 0..ACCEPTS_PER_TURN {
-                let listener = &mut self.listeners[index];
-                match listener.socket.accept() {
-                    Ok((stream, peer)) => {
-                        let service = listener.service;
-                        self.admit(registry, stream, peer, service, now);
-                    }
-                    Err(err) if would_block(&err) => {
-                        listener.ready = false;
-                        break;
-                    }
-                    Err(err) if interrupted(&err) => {}
-                    Err(err) if out_of_resources(&err) => {
-                        self.pause_accepting(&err, now);
-                        return;
-                    }
-                    // ECONNABORTED and the like: that one client is gone.
-                    Err(err) => debug!(
-                        "accept on {} {} failed: {err}",
-                        listener.service, listener.addr
-                    ),
+            if matches!(self.listeners[index].socket, Socket::Udp(_)) {
+                self.answer_datagrams(index);
+            } else if self.accept_paused_until.is_none() {
+                self.accept_connections(registry, index, now);
+            }
+        }
+    }
+
+    fn accept_connections(&mut self, registry: &Registry, index: usize, now: Instant) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let listener = &mut self.listeners[index];
+            let Socket::Tcp(socket) = &mut listener.socket else {
+                return;
+            };
+            match socket.accept() {
+                Ok((stream, peer)) => {
+                    let service = listener.service;
+                    self.admit(registry, stream, peer, service, now);
                 }
+                Err(err) if would_block(&err) => {
+                    listener.ready = false;
+                    return;
+                }
+                Err(err) if interrupted(&err) => {}
+                Err(err) if out_of_resources(&err) => {
+                    self.pause_accepting(&err, now);
+                    return;
+                }
+                // ECONNABORTED and the like: that one client is gone.
+                Err(err) => debug!(
+                    "accept on {} {} failed: {err}",
+                    listener.service, listener.addr
+                ),
+            }
+        }
+    }
+
+    /// Answers each waiting datagram with at most one datagram. A reply the
+    /// socket cannot take now is dropped, as UDP may drop it anyway.
+    fn answer_datagrams(&mut self, index: usize) {
+        for _ in 0..DATAGRAMS_PER_TURN {
+            let listener = &mut self.listeners[index];
+            let Socket::Udp(socket) = &listener.socket else {
+                return;
+            };
+            let service = listener.service;
+            let (len, peer) = match socket.recv_from(&mut self.scratch) {
+                Ok(received) => received,
+                Err(err) if would_block(&err) => {
+                    listener.ready = false;
+                    return;
+                }
+                Err(err) if interrupted(&err) => continue,
+                // An ICMP error from an earlier reply, say: one peer's trouble.
+                Err(err) => {
+                    debug!("{service} {}: receive failed: {err}", listener.addr);
+                    continue;
+                }
+            };
+            let counters = self.stats.get_mut(service);
+            counters.bytes_in += len as u64;
+            if !allowed(&self.limits.allow, peer.ip()) {
+                counters.refused += 1;
+                debug!("{service} {peer}: datagram dropped: not in --allow");
+                continue;
+            }
+            if NEVER_ANSWER_PORTS.contains(&peer.port()) {
+                counters.refused += 1;
+                debug!(
+                    "{service} {peer}: datagram dropped: source port {} could answer back",
+                    peer.port()
+                );
+                continue;
+            }
+            counters.accepted += 1;
+            let Some(reply) = self.answerer.answer(service, &self.scratch[..len]) else {
+                trace!("{service} {peer}: {len} bytes, no answer");
+                continue;
+            };
+            match socket.send_to(reply, peer) {
+                Ok(sent) => {
+                    counters.bytes_out += sent as u64;
+                    trace!("{service} {peer}: {len} bytes, answered {sent}");
+                }
+                Err(err) => debug!("{service} {peer}: answer dropped: {err}"),
             }
         }
     }
@@ -622,7 +755,7 @@ impl Core {
         }
     }
 
-    /// Starts serving an accepted connection, or refuses it over the limit.
+    /// Starts serving an accepted connection, or refuses it.
     fn admit(
         &mut self,
         registry: &Registry,
@@ -631,9 +764,12 @@ impl Core {
         service: Service,
         now: Instant,
     ) {
-        if self.conns.len() >= self.limits.max_connections {
-            self.refuse(stream, peer, service, now);
+        if let Some(refusal) = self.refusal(peer.ip()) {
+            self.refuse(stream, peer, service, refusal, now);
             return;
+        }
+        if let Some(counts) = &mut self.per_source {
+            *counts.entry(peer.ip()).or_default() += 1;
         }
         // Echo answers at once with whatever it has; Nagle would hold a small
         // reply back behind an unacknowledged one.
@@ -643,28 +779,34 @@ impl Core {
         let key = self.conns.vacant_key();
         let label = Label { token: key, peer };
         let conn = match service {
-            Service::Echo => Connection::echo(stream, label, self.limits.pending_limit),
             Service::Daytime => {
                 let line = daytime::line_now(self.limits.daytime_format);
                 Connection::daytime(stream, label, line.as_bytes())
             }
+            Service::Time => Connection::time(stream, label, daytime::time_bytes_now()),
+            Service::Discard => Connection::discard(stream, label),
+            Service::Chargen => Connection::chargen(stream, label),
+            _ => Connection::echo(stream, label, self.limits.pending_limit),
         };
         self.next_id = self.next_id.wrapping_add(1);
         self.conns.insert(Entry {
             conn,
+            service,
             id: self.next_id,
             registered: None,
             last_active: self.clock.tick(now),
             linger_until: None,
             armed: None,
         });
+        let counters = self.stats.get_mut(service);
+        counters.accepted += 1;
+        counters.open += 1;
         debug!("{label} accepted {service}");
-        // Daytime owes its line from the start; send it now rather than wait
-        // for a writable event. Echo waits: registering reports input that
-        // arrived with the connection.
+        // Echo and discard wait: registering reports input that arrived with
+        // the connection. The rest have bytes to send now.
         let outcome = match service {
-            Service::Daytime => self.conns[key].conn.on_ready(&mut self.scratch, false),
-            Service::Echo => None,
+            Service::Echo | Service::Discard => None,
+            _ => self.run_conn(key, false, now),
         };
         self.settle(registry, key, outcome, now);
         if self.conns.contains(key) {
@@ -672,20 +814,59 @@ impl Core {
         }
     }
 
-    /// Over the limit: accept and close at once, so the client sees EOF
-    /// rather than a hang in the backlog.
-    fn refuse(&mut self, mut stream: TcpStream, peer: SocketAddr, service: Service, now: Instant) {
+    /// Why a connection from `ip` must be refused now, if it must.
+    fn refusal(&self, ip: IpAddr) -> Option<Refusal> {
+        if !allowed(&self.limits.allow, ip) {
+            return Some(Refusal::NotAllowed);
+        }
+        if self.conns.len() >= self.limits.max_connections {
+            return Some(Refusal::MaxConnections);
+        }
+        let limit = self.limits.per_source?;
+        let open = self.per_source.as_ref()?.get(&ip).copied().unwrap_or(0);
+        (open as usize >= limit).then_some(Refusal::PerSource)
+    }
+
+    /// Accepts and closes at once, so the client sees EOF rather than a
+    /// hang in the backlog.
+    fn refuse(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        service: Service,
+        refusal: Refusal,
+        now: Instant,
+    ) {
         // Closing with unread input sends a reset, which the client may see
         // instead of the EOF (PITFALLS 11): read what has arrived first.
         let _ = stream.read(&mut self.scratch);
         let _ = stream.shutdown(Shutdown::Write);
+        self.stats.get_mut(service).refused += 1;
         let open = self.conns.len();
-        debug!("conn - {peer} refused {service}: {open} open (max-connections)");
-        if let Some(held_back) = self.refusal_warning.allow(now) {
-            warn!(
-                "refusing connections: {open} open (max-connections){}",
-                held_back_note(held_back)
-            );
+        match refusal {
+            // Not a resource limit: nothing to warn an operator about.
+            Refusal::NotAllowed => {
+                debug!("conn - {peer} refused {service}: not in --allow");
+            }
+            Refusal::MaxConnections => {
+                debug!("conn - {peer} refused {service}: {open} open (max-connections)");
+                if let Some(held_back) = self.refusal_warning.allow(now) {
+                    warn!(
+                        "refusing connections: {open} open (max-connections){}",
+                        held_back_note(held_back)
+                    );
+                }
+            }
+            Refusal::PerSource => {
+                let ip = peer.ip();
+                debug!("conn - {peer} refused {service}: {ip} has its most open (per-source)");
+                if let Some(held_back) = self.refusal_warning.allow(now) {
+                    warn!(
+                        "refusing connections from {ip}: per-source limit reached{}",
+                        held_back_note(held_back)
+                    );
+                }
+            }
         }
     }
 
@@ -693,6 +874,16 @@ impl Core {
     /// which also takes it out of the epoll set.
     fn close(&mut self, key: usize, reason: CloseReason) {
         let entry = self.conns.remove(key);
+        self.stats.get_mut(entry.service).open -= 1;
+        if let Some(counts) = &mut self.per_source {
+            let ip = entry.conn.label().peer.ip();
+            if let Some(open) = counts.get_mut(&ip) {
+                *open -= 1;
+                if *open == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
         debug!(
             "{} closed: {reason}, in {} out {}",
             entry.conn.label(),
@@ -798,7 +989,7 @@ impl Core {
             self.limits.shutdown_grace.as_secs_f64()
         );
         for mut listener in self.listeners.drain(..) {
-            let _ = registry.deregister(&mut listener.socket);
+            let _ = registry.deregister(listener.socket.source());
         }
         self.accept_paused_until = None;
         self.state = State::Draining {
@@ -808,11 +999,27 @@ impl Core {
         // close as their events show them idle, or when the grace ends.
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
-            let conn = &mut self.conns[key].conn;
-            conn.close_when_idle();
-            let outcome = conn.on_ready(&mut self.scratch, false);
+            self.conns[key].conn.close_when_idle();
+            let outcome = self.run_conn(key, false, now);
             self.settle(registry, key, outcome, now);
         }
+    }
+
+    /// Logs the counters when `--stats-interval` says it is time.
+    fn log_stats(&mut self, now: Instant) {
+        let (Some(due), Some(every)) = (self.next_stats, self.limits.stats_interval) else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        info!("stats: {}", self.stats);
+        // Skip intervals the loop slept through rather than log a burst.
+        let mut next = due + every;
+        while next <= now {
+            next += every;
+        }
+        self.next_stats = Some(next);
     }
 
     fn close_everything(&mut self) {
@@ -821,6 +1028,19 @@ impl Core {
             self.close(key, CloseReason::Shutdown);
         }
     }
+}
+
+/// Whether `ip` may connect or send: an empty allow-list allows everyone.
+fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
+    allow.is_empty() || allow.iter().any(|block| block.contains(ip))
+}
+
+/// A seed for chargen's reply lengths that differs between runs.
+fn seed_from(started: Instant) -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since_epoch.as_nanos() as u64 ^ (started.elapsed().as_nanos() as u64).rotate_left(32)
 }
 
 /// `accept` failed for lack of descriptors or kernel memory: retrying at

@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{STEP, Server, connect, pseudo_random_bytes, read_to_eof, server_bin, wait_until};
+use common::{
+    STEP, Server, connect, connect_from, pseudo_random_bytes, read_to_eof, server_bin, wait_until,
+};
 
 /// Writes `msg` and reads exactly its echo back.
 fn round_trip(stream: &mut TcpStream, msg: &[u8]) {
@@ -365,46 +367,4 @@ fn churn_of_20000_connections_leaks_no_descriptor_or_memory() {
         rss_after <= rss_warm + 256,
         "RSS grew from {rss_warm} KiB to {rss_after} KiB over 20,000 connections"
     );
-}
-
-/// Connects from a chosen local address (blocking, with timeouts).
-fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
-    // SAFETY: plain socket calls on a descriptor we create and own; the
-    // sockaddr is built for its exact size.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let to_sockaddr = |addr: SocketAddr| {
-        let SocketAddr::V4(v4) = addr else {
-            panic!("IPv4 only")
-        };
-        libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        }
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let local = to_sockaddr(local);
-    let remote = to_sockaddr(remote);
-    unsafe {
-        assert_eq!(
-            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
-            0,
-            "bind: {}",
-            std::io::Error::last_os_error()
-        );
-        assert_eq!(
-            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len),
-            0,
-            "connect: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    stream.set_read_timeout(Some(STEP)).unwrap();
-    stream.set_write_timeout(Some(STEP)).unwrap();
-    stream
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use log::{debug, error, info, warn};
-use minetd::{Config, DaytimeFormat, Server, Service};
+use minetd::{Cidr, Config, DaytimeFormat, Server, Service};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -18,10 +18,12 @@ const EXIT_USAGE: u8 = 2;
 /// Exit status when a listener cannot be bound or the loop fails.
 const EXIT_FAILURE: u8 = 1;
 
-/// echo (RFC 862) and daytime (RFC 867) on one thread.
+/// The classic small services on one thread: echo (RFC 862), daytime (RFC 867),
+/// discard (RFC 863), chargen (RFC 864) and time (RFC 868), over TCP and UDP.
 ///
 /// With no service option, serves echo on 127.0.0.1:7007 and daytime on
-/// 127.0.0.1:7013; with any, only the services named. Prints one line
+/// 127.0.0.1:7013; with any, only the services named. The UDP services are
+/// off unless asked for, and only on loopback unless --allow is given. Prints one line
 /// `listening SERVICE ADDR` per listener on stdout once all are bound. Logs
 /// go to stderr; RUST_LOG=debug shows every accept, close and refusal.
 /// SIGINT or SIGTERM shuts down gracefully (exit 0); a second one during the
@@ -36,6 +38,51 @@ struct Args {
     /// Serve daytime on ADDR; repeatable [default: 127.0.0.1:7013]
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     daytime: Vec<SocketAddr>,
+
+    /// Serve discard (RFC 863) on ADDR, e.g. 127.0.0.1:7009; repeatable
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    discard: Vec<SocketAddr>,
+
+    /// Serve chargen (RFC 864) on ADDR, e.g. 127.0.0.1:7019; repeatable
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    chargen: Vec<SocketAddr>,
+
+    /// Serve time (RFC 868) on ADDR, e.g. 127.0.0.1:7037; repeatable
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    time: Vec<SocketAddr>,
+
+    /// Serve echo over UDP on ADDR; loopback only unless --allow is given
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    udp_echo: Vec<SocketAddr>,
+
+    /// Serve discard over UDP on ADDR; loopback only unless --allow is given
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    udp_discard: Vec<SocketAddr>,
+
+    /// Serve daytime over UDP on ADDR; loopback only unless --allow is given
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    udp_daytime: Vec<SocketAddr>,
+
+    /// Serve chargen over UDP on ADDR; loopback only unless --allow is given
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    udp_chargen: Vec<SocketAddr>,
+
+    /// Serve time over UDP on ADDR; loopback only unless --allow is given
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    udp_time: Vec<SocketAddr>,
+
+    /// Serve only peers in CIDR (10.0.0.0/8, ::1/128, or one address); repeatable.
+    /// Others are closed at once, their datagrams dropped [default: everyone]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    allow: Vec<Cidr>,
+
+    /// Open connections from one IP address at most [default: no limit]
+    #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
+    per_source: Option<usize>,
+
+    /// Log a line of counters per service every SECS seconds [default: never]
+    #[arg(long, value_name = "SECS", value_parser = parse_at_least_one)]
+    stats_interval: Option<usize>,
 
     /// Open client connections at most; past it new ones are accepted and closed at once
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = parse_at_least_one)]
@@ -63,6 +110,10 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected host:port with an IPv4 address or a [bracketed] IPv6 address".into())
 }
 
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    text.parse()
+}
+
 fn parse_at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -85,15 +136,27 @@ fn main() -> ExitCode {
     raise_descriptor_limit();
 
     let listeners = listeners_in_option_order(&args, &matches);
-    let config = Config {
-        echo: pick(&listeners, Service::Echo),
-        daytime: pick(&listeners, Service::Daytime),
+    let mut config = Config {
+        allow: args.allow.clone(),
+        per_source: args.per_source,
+        stats_interval: args
+            .stats_interval
+            .map(|secs| Duration::from_secs(secs as u64)),
         max_connections: args.max_connections,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         max_pending: args.max_pending,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         daytime_format: args.daytime_format,
+        ..Config::default()
     };
+    for service in Service::ALL {
+        *config.addrs_mut(service) = pick(&listeners, service);
+    }
+    // Checked before binding: a refused configuration is a usage error.
+    if let Err(err) = config.validate() {
+        eprintln!("minetd: {err}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     // Catch signals before the listening lines go out: a script may send
     // SIGTERM the moment it has read them.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
@@ -148,10 +211,19 @@ fn parse_args() -> Result<(Args, ArgMatches), ExitCode> {
 /// defaults when no service option was.
 fn listeners_in_option_order(args: &Args, matches: &ArgMatches) -> Vec<(Service, SocketAddr)> {
     let mut ordered: Vec<(usize, Service, SocketAddr)> = Vec::new();
-    for (id, service, addrs) in [
-        ("echo", Service::Echo, &args.echo),
-        ("daytime", Service::Daytime, &args.daytime),
-    ] {
+    for service in Service::ALL {
+        let (id, addrs) = match service {
+            Service::Echo => ("echo", &args.echo),
+            Service::Daytime => ("daytime", &args.daytime),
+            Service::Discard => ("discard", &args.discard),
+            Service::Chargen => ("chargen", &args.chargen),
+            Service::Time => ("time", &args.time),
+            Service::UdpEcho => ("udp_echo", &args.udp_echo),
+            Service::UdpDiscard => ("udp_discard", &args.udp_discard),
+            Service::UdpDaytime => ("udp_daytime", &args.udp_daytime),
+            Service::UdpChargen => ("udp_chargen", &args.udp_chargen),
+            Service::UdpTime => ("udp_time", &args.udp_time),
+        };
         let positions = matches.indices_of(id).into_iter().flatten();
         ordered.extend(positions.zip(addrs).map(|(at, addr)| (at, service, *addr)));
     }

@@ -23,6 +23,14 @@
 //! Every message is derived from (connection index, round), so an echo of
 //! stale bytes, of another connection's bytes or with one bit flipped is a
 //! mismatch.
+//!
+//! `--mode discard` and `--mode chargen` measure one direction each, the
+//! upload and download halves of a throughput test: each thread writes a
+//! message to (discard) or reads and checks one from (chargen) each of its
+//! connections in turn. A "round trip" is then one message moved, and its
+//! latency the time its `write` or `read` blocked. Discard's connections
+//! are half-closed at the end, and any byte the server sends back is a
+//! mismatch; chargen's bytes are checked against RFC 864's pattern.
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -73,9 +81,33 @@ const LATENCY_MAX_NS: u64 = 3_600_000_000_000;
 /// How often the main thread looks at the workers while they run.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Which service the benchmark drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Round trips: write a message, read its echo, check it.
+    Echo,
+    /// Upload: write messages to a discard server.
+    Discard,
+    /// Download: read and check what a chargen server sends.
+    Chargen,
+}
+
+impl Mode {
+    /// The local default address of the service it drives.
+    pub fn default_addr(self) -> &'static str {
+        match self {
+            Mode::Echo => "127.0.0.1:7007",
+            Mode::Discard => "127.0.0.1:7009",
+            Mode::Chargen => "127.0.0.1:7019",
+        }
+    }
+}
+
 /// What to run, from the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The service driven.
+    pub mode: Mode,
     /// The echo server.
     pub target: Target,
     /// Connections to open and keep busy.
@@ -260,6 +292,8 @@ struct Conn {
     sent_at: Instant,
     /// It failed this round; it is dropped at the end of the round.
     failed: bool,
+    /// Chargen: bytes received so far, modulo the pattern's cycle.
+    position: usize,
 }
 
 /// What one worker counted.
@@ -372,9 +406,132 @@ impl Worker {
         Ok(tally)
     }
 
-    /// Measured rounds until `deadline`: every connection always has one
-    /// message in flight; the last round is read back without sending more.
+    /// Proves the connections just opened work, unmeasured (round 0): one
+    /// echo, or one chunk of chargen. Discard never answers, so its
+    /// connections are proved by the measured writes.
+    fn confirm(&mut self, tally: &mut Tally) {
+        match self.options.mode {
+            Mode::Echo => {
+                self.send_all(self.confirmed, 0, tally);
+                self.receive_all(self.confirmed, 0, false, tally);
+            }
+            Mode::Chargen => self.download(self.confirmed, 0, tally),
+            Mode::Discard => {}
+        }
+    }
+
+    /// Measured rounds until `deadline`.
     fn measure(&mut self, deadline: Instant, tally: &mut Tally) {
+        match self.options.mode {
+            Mode::Echo => self.measure_echo(deadline, tally),
+            Mode::Discard => {
+                let mut round = 1;
+                while !self.conns.is_empty() && Instant::now() < deadline && !self.shared.stopping()
+                {
+                    self.upload(round, tally);
+                    round += 1;
+                }
+                self.expect_silence(round, tally);
+            }
+            Mode::Chargen => {
+                let mut round = 1;
+                while !self.conns.is_empty() && Instant::now() < deadline && !self.shared.stopping()
+                {
+                    self.download(0, round, tally);
+                    round += 1;
+                }
+            }
+        }
+    }
+
+    /// Writes one message to each connection, timing each write.
+    fn upload(&mut self, round: u64, tally: &mut Tally) {
+        let Worker {
+            conns,
+            outgoing,
+            options,
+            ..
+        } = self;
+        let errors = tally.errors;
+        let mut moved = 0;
+        for conn in conns.iter_mut() {
+            send(conn, outgoing, round, tally, options.timeout);
+            if !conn.failed {
+                tally.record_latency(conn.sent_at);
+                moved += 1;
+            }
+        }
+        conns.retain(|conn| !conn.failed);
+        tally.round_trips += moved;
+        self.publish(moved, 0, tally.errors - errors);
+    }
+
+    /// Ends a discard run: half-closes each connection and expects the
+    /// server to close without having sent a byte.
+    fn expect_silence(&mut self, round: u64, tally: &mut Tally) {
+        let Worker {
+            conns,
+            incoming,
+            options,
+            ..
+        } = self;
+        let (mismatches, errors) = (tally.mismatches, tally.errors);
+        for conn in conns.iter_mut() {
+            let result = conn
+                .stream
+                .shutdown(std::net::Shutdown::Write)
+                .and_then(|()| conn.stream.read(incoming));
+            match result {
+                Ok(0) => {}
+                Ok(n) => tally.unexpected_bytes(conn.index, n),
+                Err(err) => tally.fail(conn, round, "close", &err, options.timeout),
+            }
+        }
+        self.publish(0, tally.mismatches - mismatches, tally.errors - errors);
+    }
+
+    /// Reads one message from each connection from `from` on and checks it
+    /// against the chargen pattern; round 0 is not measured.
+    fn download(&mut self, from: usize, round: u64, tally: &mut Tally) {
+        let Worker {
+            conns,
+            incoming,
+            options,
+            ..
+        } = self;
+        let (mismatches, errors) = (tally.mismatches, tally.errors);
+        let mut moved = 0;
+        for conn in conns[from..].iter_mut() {
+            let started = Instant::now();
+            if let Err(err) = conn.stream.read_exact(incoming) {
+                tally.fail(conn, round, "receive", &err, options.timeout);
+                continue;
+            }
+            if round > 0 {
+                tally.record_latency(started);
+                moved += 1;
+            }
+            if let Some(at) = chargen_mismatch(conn.position, incoming) {
+                let expected = minetd::chargen::window(conn.position + at, 1)[0];
+                tally.mismatch_at(
+                    conn.index,
+                    round,
+                    at,
+                    incoming.len(),
+                    expected,
+                    incoming[at],
+                );
+            }
+            conn.position = minetd::chargen::advance(conn.position, incoming.len());
+        }
+        conns.retain(|conn| !conn.failed);
+        tally.round_trips += moved;
+        self.publish(moved, tally.mismatches - mismatches, tally.errors - errors);
+    }
+
+    /// Echo rounds until `deadline`: every connection always has one
+    /// message in flight; the last round is read back without sending more.
+    fn measure_echo(&mut self, deadline: Instant, tally: &mut Tally) {
         let mut round = 1;
         self.send_all(0, round, tally);
         while !self.conns.is_empty() {
@@ -407,8 +564,7 @@ impl Worker {
             self.shared
                 .attempted
                 .fetch_add(batch_end - next, Ordering::Relaxed);
-            self.send_all(self.confirmed, 0, tally);
-            self.receive_all(self.confirmed, 0, false, tally);
+            self.confirm(tally);
             self.confirmed = self.conns.len();
             next = batch_end;
         }
@@ -430,6 +586,7 @@ impl Worker {
                     index: index as u64,
                     sent_at: Instant::now(),
                     failed: false,
+                    position: 0,
                 });
                 true
             }
@@ -476,9 +633,7 @@ impl Worker {
                 continue;
             }
             if round > 0 {
-                let nanos = conn.sent_at.elapsed().as_nanos();
-                let nanos = nanos.try_into().unwrap_or(u64::MAX);
-                tally.latency_ns.saturating_record(nanos);
+                tally.record_latency(conn.sent_at);
                 round_trips += 1;
             }
             fill_message(outgoing, conn.index, round);
@@ -549,20 +704,46 @@ impl Tally {
         }
     }
 
+    /// Records the latency of a message that started at `since`.
+    fn record_latency(&mut self, since: Instant) {
+        let nanos = since.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+        self.latency_ns.saturating_record(nanos);
+    }
+
     /// Counts an echo that differs from the message sent.
     fn mismatch(&mut self, index: u64, round: u64, sent: &[u8], echoed: &[u8]) {
+        let at = sent
+            .iter()
+            .zip(echoed)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        self.mismatch_at(index, round, at, sent.len(), sent[at], echoed[at]);
+    }
+
+    /// Counts a message whose byte `at` (of `len`) was `got`, not `expected`.
+    fn mismatch_at(
+        &mut self,
+        index: u64,
+        round: u64,
+        at: usize,
+        len: usize,
+        expected: u8,
+        got: u8,
+    ) {
         self.mismatches += 1;
         if self.first_mismatch.is_none() {
-            let at = sent
-                .iter()
-                .zip(echoed)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
             self.first_mismatch = Some(format!(
-                "conn {index} round {round}: byte {at} of {} is 0x{:02x}, sent 0x{:02x}",
-                sent.len(),
-                echoed[at],
-                sent[at]
+                "conn {index} round {round}: byte {at} of {len} is 0x{got:02x}, expected 0x{expected:02x}"
+            ));
+        }
+    }
+
+    /// Counts bytes a discard server sent, which it never should.
+    fn unexpected_bytes(&mut self, index: u64, n: usize) {
+        self.mismatches += 1;
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = Some(format!(
+                "conn {index}: the discard server sent {n} bytes back"
             ));
         }
     }
@@ -575,6 +756,21 @@ fn send(conn: &mut Conn, outgoing: &mut [u8], round: u64, tally: &mut Tally, tim
     if let Err(err) = conn.stream.write_all(outgoing) {
         tally.fail(conn, round, "send", &err, timeout);
     }
+}
+
+/// Where `received`, read from a chargen stream at `position`, first differs
+/// from RFC 864's pattern.
+fn chargen_mismatch(position: usize, received: &[u8]) -> Option<usize> {
+    let mut checked = 0;
+    // The pattern hands out windows of at most MAX_WINDOW bytes.
+    for piece in received.chunks(minetd::chargen::MAX_WINDOW) {
+        let expected = minetd::chargen::window(position + checked, piece.len());
+        if let Some(at) = piece.iter().zip(expected).position(|(a, b)| a != b) {
+            return Some(checked + at);
+        }
+        checked += piece.len();
+    }
+    None
 }
 
 /// Describes a failed connect, with a hint when the cause is well known.
@@ -670,6 +866,18 @@ mod tests {
         assert_ne!(a, b);
         fill_message(&mut b, 1, 2);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn chargen_check_finds_the_first_wrong_byte_across_windows() {
+        let position = 7000;
+        let mut stream: Vec<u8> = (0..65_536)
+            .map(|n| minetd::chargen::window(position + n, 1)[0])
+            .collect();
+        assert_eq!(chargen_mismatch(position, &stream), None);
+        stream[64_000] ^= 1;
+        assert_eq!(chargen_mismatch(position, &stream), Some(64_000));
+        assert_eq!(chargen_mismatch(position + 1, &stream), Some(0));
     }
 
     #[test]

@@ -95,9 +95,13 @@ enum Command {
 /// Options of `bench`; see [`bench::Options`] for what each one means.
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// Echo server address, HOST:PORT
-    #[arg(default_value = "127.0.0.1:7007")]
-    addr: Target,
+    /// Server address, HOST:PORT [default: 127.0.0.1:7007, or the mode's
+    /// service port: discard 7009, chargen 7019]
+    addr: Option<Target>,
+    /// echo: round trips; discard: upload only; chargen: download only,
+    /// every byte checked against RFC 864's pattern
+    #[arg(long, value_enum, default_value = "echo")]
+    mode: bench::Mode,
     /// Connections to hold open at once
     #[arg(long, value_name = "N", default_value = "100",
           value_parser = clap::value_parser!(u32).range(1..=bench::MAX_CONNECTIONS))]
@@ -241,8 +245,15 @@ fn head_request(target: &Target, path: &str) -> String {
 /// Turns `bench` arguments into the benchmark's options.
 fn bench_options(args: BenchArgs, timeout: Duration) -> bench::Options {
     let threads = args.threads.map_or_else(default_threads, |t| t as usize);
+    let target = args.addr.unwrap_or_else(|| {
+        args.mode
+            .default_addr()
+            .parse()
+            .expect("default addresses parse")
+    });
     bench::Options {
-        target: args.addr,
+        mode: args.mode,
+        target,
         connections: args.connections as usize,
         size: args.size as usize,
         duration: args.duration,

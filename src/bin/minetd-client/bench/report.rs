@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Options, Shared, Tally};
+use super::{Mode, Options, Shared, Tally};
 use crate::addr::Target;
 use crate::error::Error;
 
@@ -77,6 +77,7 @@ impl LiveLine {
 /// The figures the benchmark reports.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Report {
+    mode: Mode,
     /// Connections opened and confirmed (requested minus connect failures).
     connections: u64,
     size: usize,
@@ -114,6 +115,7 @@ impl Report {
             }
         };
         Report {
+            mode: options.mode,
             connections: tally.opened,
             size: options.size,
             duration_s,
@@ -168,12 +170,29 @@ impl Report {
         } else {
             format!("{threads} threads")
         };
+        let (moved, direction, measured) = match self.mode {
+            Mode::Echo => (
+                "round trips",
+                "each way",
+                "closed loop: write to full echo, one message in flight per connection",
+            ),
+            Mode::Discard => (
+                "messages sent",
+                "to the server",
+                "each message's blocking write, connections in turn",
+            ),
+            Mode::Chargen => (
+                "messages read",
+                "from the server",
+                "each message's blocking read, connections in turn",
+            ),
+        };
         format!(
             "bench {target}: {} connections, {}-byte messages, {threads}, {:.2} s\n\
-             round trips       {} ({:.1} per second)\n\
-             throughput        {:.3} MB/s each way (10^6 bytes of payload)\n\
+             {moved:18}{} ({:.1} per second)\n\
+             throughput        {:.3} MB/s {direction} (10^6 bytes of payload)\n\
              latency (µs)      p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}\n\
-             {:18}closed loop: write to full echo, one message in flight per connection\n\
+             {:18}{measured}\n\
              mismatches        {}\n\
              connect failures  {}\n\
              errors            {}\n",
