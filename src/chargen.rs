@@ -61,7 +61,7 @@ mod tests {
         let first = window(0, LINE_LEN);
         let expected_first: Vec<u8> = (b' '..b' ' + 72).chain(*b"\r\n").collect();
         assert_eq!(first, &expected_first[..]);
-        assert_eq!(&window(LINE_LEN, 3)[..], b"!\"#");
+        assert_eq!(window(LINE_LEN, 3), b"!\"#");
         // Line 94 starts with '~' and wraps to ' '.
         let last = window(94 * LINE_LEN, LINE_LEN);
         assert_eq!(&last[..3], b"~ !");

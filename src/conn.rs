@@ -14,9 +14,9 @@ use mio::Interest;
 
 use crate::chargen;
 
-/// Bytes of pattern offered to one chargen `write`: as much as one echo read,
-/// so a fast reader moves the same 64 KiB per syscall.
-const CHARGEN_WRITE: usize = 64 * 1024;
+/// Bytes of pattern offered to one chargen `write`: the longest window the
+/// static pattern has, about as much as one echo read (62 of 64 KiB).
+const CHARGEN_WRITE: usize = chargen::MAX_WINDOW;
 
 /// Whether a read that fills less than the buffer, or a write that takes less
 /// than offered, proves the socket drained (or full) for now.

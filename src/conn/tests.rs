@@ -339,7 +339,9 @@ impl Harness {
             }
         }
         self.settle(outcome);
-        if self.closed.is_none() {
+        // A connection that used up its per-event budget stops with work
+        // left on purpose; settle() has re-armed it.
+        if self.closed.is_none() && !self.conn.yielded() {
             self.check_drained(read_closed);
         }
     }
@@ -373,7 +375,9 @@ impl Harness {
             return;
         }
         let wanted = self.conn.interest();
-        if wanted != self.registered {
+        // A yielded connection is re-registered even with the same
+        // interest, which re-arms its edge.
+        if wanted != self.registered || self.conn.yielded() {
             self.registered = wanted;
             // epoll_ctl ADD and MOD poll the socket and queue an event if it
             // is ready for the new interest already.
@@ -1040,4 +1044,117 @@ proptest! {
             (None, reason) => prop_assert!(false, "closed: {reason:?}"),
         }
     }
+}
+
+/// A connection that `Core::admit` runs at once (everything but echo and
+/// discard), then registers.
+fn started(conn: Connection<Sim>) -> Harness {
+    let mut h = Harness::new(conn);
+    h.call(false);
+    h
+}
+
+#[test]
+fn chargen_sends_the_pattern_unbroken_through_short_writes() {
+    let mut h = started(Connection::chargen(Sim::with_room(100), label()));
+    assert_eq!(h.conn.interest(), Some(READ_WRITE));
+    for room in [1, 73, 74, 1000, 7031, 3, 20_000] {
+        h.drain(room);
+        h.run();
+    }
+    let written = &h.sim().written;
+    assert_eq!(written.len(), 100 + 1 + 73 + 74 + 1000 + 7031 + 3 + 20_000);
+    let expected: Vec<u8> = (0..written.len())
+        .map(|n| crate::chargen::window(n, 1)[0])
+        .collect();
+    assert!(*written == expected, "chargen stream broke its pattern");
+    assert_eq!(h.conn.owed(), 0, "chargen owes nothing of its own");
+}
+
+#[test]
+fn chargen_discards_input_and_stops_when_the_peer_closes() {
+    let mut h = started(Connection::chargen(Sim::with_room(10), label()));
+    h.send(b"ignored");
+    h.run();
+    assert_eq!(h.closed, None);
+    assert_eq!(h.conn.bytes_in(), 7);
+    h.send_fin();
+    h.run();
+    assert_eq!(h.closed, Some(CloseReason::PeerClosed));
+}
+
+#[test]
+fn chargen_yields_to_other_connections_when_the_peer_reads_without_end() {
+    let mut h = started(Connection::chargen(Sim::with_room(usize::MAX / 2), label()));
+    assert!(
+        h.conn.yielded(),
+        "a peer that never fills up must not hold the loop"
+    );
+    let first = h.sim().written.len();
+    assert_eq!(first, 16 * crate::chargen::MAX_WINDOW);
+    // Re-registering re-armed it: an event is queued, and the next turn
+    // goes on where this one stopped.
+    assert!(h.queued, "yielded without being re-armed");
+    h.queued = false;
+    h.deliver();
+    assert_eq!(h.sim().written.len(), 2 * first);
+    let expected: Vec<u8> = (0..2 * first)
+        .map(|n| crate::chargen::window(n, 1)[0])
+        .collect();
+    assert!(h.sim().written == expected);
+}
+
+#[test]
+fn discard_reads_everything_and_writes_nothing() {
+    let mut h = Harness::new(Connection::discard(Sim::with_room(1 << 20), label()));
+    h.settle(None);
+    assert_eq!(h.conn.interest(), Some(Interest::READABLE));
+    h.send(&binary(200_000));
+    h.run();
+    h.send(b"\0");
+    h.run();
+    assert_eq!(h.conn.bytes_in(), 200_001);
+    assert_eq!(h.sim().written, b"");
+    h.send_fin();
+    h.run();
+    assert_eq!(h.closed, Some(CloseReason::PeerClosed));
+    assert_eq!(h.sim().written, b"");
+}
+
+#[test]
+fn time_sends_its_four_bytes_through_one_byte_writes_then_lingers() {
+    let mut h = started(Connection::time(
+        Sim::with_room(1),
+        label(),
+        [0xde, 0xad, 0xbe, 0xef],
+    ));
+    for _ in 0..3 {
+        h.drain(1);
+        h.run();
+    }
+    assert_eq!(h.sim().written, [0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(h.sim().shut_at.get(), Some(4));
+    assert!(h.conn.is_lingering());
+    h.send_fin();
+    h.run();
+    assert_eq!(h.closed, Some(CloseReason::PeerClosed));
+}
+
+#[test]
+fn echo_yields_after_its_budget_and_loses_nothing() {
+    // A 1-byte read buffer makes a 100-byte burst take 100 reads.
+    let mut h = Harness::echo(1 << 16, 1 << 20).with_scratch(1);
+    let input = binary(100);
+    h.send(&input);
+    h.queued = false;
+    h.deliver();
+    assert!(h.conn.yielded());
+    assert_eq!(
+        h.sim().written.len(),
+        16,
+        "one event reads at most its budget"
+    );
+    h.run();
+    assert_eq!(h.sim().written, input);
+    assert!(!h.conn.yielded());
 }

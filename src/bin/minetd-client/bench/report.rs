@@ -262,6 +262,7 @@ mod tests {
 
     fn report() -> Report {
         Report {
+            mode: Mode::Echo,
             connections: 10,
             size: 64,
             duration_s: 2.0,
@@ -298,7 +299,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("conn 7 round 3: byte 2 of 3 is 0x64, sent 0x63"),
+            err.contains("conn 7 round 3: byte 2 of 3 is 0x64, expected 0x63"),
             "{err}"
         );
     }
