@@ -15,6 +15,7 @@ pub const LINE_LEN: usize = LINE_CHARS + 2;
 pub const LINES: usize = 95;
 /// Bytes before the pattern repeats.
 pub const CYCLE: usize = LINES * LINE_LEN;
+const _: () = assert!(CYCLE <= u16::MAX as usize, "a position must fit in 16 bits");
 /// The longest window [`window`] hands out: the static pattern holds ten
 /// cycles, so a window from any position in the first fits this much.
 pub const MAX_WINDOW: usize = 9 * CYCLE;

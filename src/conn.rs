@@ -124,8 +124,9 @@ enum Role {
     Announce,
     /// Reads and throws away.
     Discard,
-    /// Sends the chargen pattern from `position` on; throws input away.
-    Chargen { position: usize },
+    /// Sends the chargen pattern from `position` (below
+    /// [`chargen::CYCLE`]) on; throws input away.
+    Chargen { position: u16 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,9 +143,15 @@ enum Phase {
 
 /// Bytes read but not yet written back. Holds no allocation while empty:
 /// storage is taken only when a write is short and given back once drained,
-/// so an idle connection costs no heap buffer.
+/// so an idle connection costs no heap buffer, and only one pointer of the
+/// connection itself.
 #[derive(Debug, Default)]
 struct Owed {
+    pending: Option<Box<Pending>>,
+}
+
+#[derive(Debug)]
+struct Pending {
     bytes: Vec<u8>,
     /// Bytes before `start` were already sent.
     start: usize,
@@ -152,15 +159,21 @@ struct Owed {
 
 impl Owed {
     fn len(&self) -> usize {
-        self.bytes.len() - self.start
+        self.pending.as_ref().map_or(0, |p| p.bytes.len() - p.start)
     }
 
     fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.pending.is_none()
     }
 
     fn as_slice(&self) -> &[u8] {
-        &self.bytes[self.start..]
+        self.pending.as_ref().map_or(&[], |p| &p.bytes[p.start..])
+    }
+
+    /// Bytes of storage held.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.bytes.capacity())
     }
 
     /// Appends `more`; the caller keeps the total within `limit`, and the
@@ -169,24 +182,33 @@ impl Owed {
         if more.is_empty() {
             return;
         }
-        let needed = self.len() + more.len();
-        if self.bytes.len() + more.len() > self.bytes.capacity() {
+        let pending = self.pending.get_or_insert_with(|| {
+            Box::new(Pending {
+                bytes: Vec::new(),
+                start: 0,
+            })
+        });
+        let needed = pending.bytes.len() - pending.start + more.len();
+        if pending.bytes.len() + more.len() > pending.bytes.capacity() {
             // Reuse the sent prefix before growing.
-            self.bytes.drain(..self.start);
-            self.start = 0;
-            if needed > self.bytes.capacity() {
-                let target = (self.bytes.capacity() * 2).clamp(needed, limit.max(needed));
-                self.bytes.reserve_exact(target - self.bytes.len());
+            pending.bytes.drain(..pending.start);
+            pending.start = 0;
+            if needed > pending.bytes.capacity() {
+                let target = (pending.bytes.capacity() * 2).clamp(needed, limit.max(needed));
+                pending.bytes.reserve_exact(target - pending.bytes.len());
             }
         }
-        self.bytes.extend_from_slice(more);
+        pending.bytes.extend_from_slice(more);
     }
 
     /// Marks `n` bytes as sent, giving the storage back once all are.
     fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.bytes.len() {
-            *self = Owed::default();
+        let Some(pending) = &mut self.pending else {
+            return;
+        };
+        pending.start += n;
+        if pending.start == pending.bytes.len() {
+            self.pending = None;
         }
     }
 }
@@ -200,7 +222,9 @@ pub struct Connection<S> {
     phase: Phase,
     owed: Owed,
     /// Owed bytes at most; at the cap reading stops until the peer drains.
-    pending_limit: usize,
+    /// 32 bits, as every connection keeps one: 4 GiB owed to one peer is
+    /// past any sane `--max-pending`.
+    pending_limit: u32,
     /// Set on server shutdown: close as soon as nothing is owed and no input
     /// is waiting.
     close_when_idle: bool,
@@ -245,14 +269,18 @@ impl<S: Stream> Connection<S> {
             role,
             phase: Phase::Serving,
             owed: Owed::default(),
-            pending_limit: pending_limit.max(1),
+            pending_limit: u32::try_from(pending_limit.max(1)).unwrap_or(u32::MAX),
             close_when_idle: false,
             yielded: false,
             bytes_in: 0,
             bytes_out: 0,
         };
-        conn.owed.extend(owed, conn.pending_limit);
+        conn.owed.extend(owed, conn.limit());
         conn
+    }
+
+    fn limit(&self) -> usize {
+        self.pending_limit as usize
     }
 
     /// The stream, for registering it with a poll.
@@ -309,7 +337,9 @@ impl<S: Stream> Connection<S> {
             Role::Echo => self.serve_echo(scratch, read_closed),
             Role::Announce => self.serve_announce(scratch, read_closed),
             Role::Discard => self.serve_discard(scratch, read_closed),
-            Role::Chargen { position } => self.serve_chargen(scratch, read_closed, position),
+            Role::Chargen { position } => {
+                self.serve_chargen(scratch, read_closed, usize::from(position))
+            }
         };
         result.unwrap_or_else(|err| Some(CloseReason::from_error(&err)))
     }
@@ -318,7 +348,7 @@ impl<S: Stream> Connection<S> {
     /// (deregister it).
     pub fn interest(&self) -> Option<Interest> {
         let read = match (self.phase, self.role) {
-            (Phase::Serving, Role::Echo) => self.owed.len() < self.pending_limit,
+            (Phase::Serving, Role::Echo) => self.owed.len() < self.limit(),
             (Phase::Serving, Role::Announce) => false,
             (Phase::Serving, Role::Discard | Role::Chargen { .. }) => true,
             (Phase::PeerDone, _) => false,
@@ -350,7 +380,7 @@ impl<S: Stream> Connection<S> {
             if self.phase == Phase::PeerDone && self.owed.is_empty() {
                 return Ok(Some(CloseReason::PeerClosed));
             }
-            let room = self.pending_limit - self.owed.len();
+            let room = self.limit() - self.owed.len();
             if !readable || room == 0 {
                 // At the cap the peer's bytes wait in the kernel; once a
                 // flush makes room, the loop above reads them at once, as a
@@ -382,7 +412,7 @@ impl<S: Stream> Connection<S> {
                     } else {
                         0
                     };
-                    self.owed.extend(&chunk[sent..], self.pending_limit);
+                    self.owed.extend(&chunk[sent..], self.limit());
                     if SHORT_IO_MEANS_DRAINED && n < want && !read_closed {
                         readable = false;
                     }
@@ -468,7 +498,10 @@ impl<S: Stream> Connection<S> {
                 break;
             }
         }
-        self.role = Role::Chargen { position };
+        // `advance` keeps it below CYCLE, which fits in 16 bits.
+        self.role = Role::Chargen {
+            position: position as u16,
+        };
         if !blocked {
             self.yielded = true;
         }

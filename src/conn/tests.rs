@@ -429,7 +429,7 @@ fn echo_returns_each_byte_once_in_order_through_one_byte_writes() {
     assert_eq!(h.conn.bytes_in(), input.len() as u64);
     assert_eq!(h.conn.bytes_out(), input.len() as u64);
     // Drained: the owed buffer's storage is given back.
-    assert_eq!(h.conn.owed.bytes.capacity(), 0);
+    assert_eq!(h.conn.owed.capacity(), 0);
 }
 
 #[test]
@@ -440,7 +440,7 @@ fn echo_writes_straight_back_without_owing_when_the_socket_takes_everything() {
     h.run();
     assert_eq!(h.sim().written, input);
     assert_eq!(h.conn.owed(), 0);
-    assert_eq!(h.conn.owed.bytes.capacity(), 0);
+    assert_eq!(h.conn.owed.capacity(), 0);
     assert_eq!(h.conn.interest(), Some(Interest::READABLE));
     assert_eq!(h.calls, 1);
 }
@@ -473,7 +473,7 @@ fn echo_stops_reading_at_the_pending_limit_until_the_peer_drains() {
     assert_eq!(h.conn.owed(), 0);
     assert_eq!(h.conn.interest(), Some(Interest::READABLE));
     assert!(h.sim().widest_read <= 8, "a read reached past the limit");
-    assert!(h.conn.owed.bytes.capacity() <= 8);
+    assert!(h.conn.owed.capacity() <= 8);
     assert_eq!(h.closed, None);
 }
 
@@ -915,7 +915,7 @@ fn check_echo(h: &Harness, limit: usize) {
     let owed = h.conn.owed();
     assert_eq!(owed, sim.read.len() - sim.written.len());
     assert!(owed <= limit, "{owed} owed over the limit {limit}");
-    let capacity = h.conn.owed.bytes.capacity();
+    let capacity = h.conn.owed.capacity();
     assert!(
         capacity <= limit,
         "owed storage {capacity} over the limit {limit}"
