@@ -1,0 +1,139 @@
+//! Starting the servers under test, each in a process of its own pinned to
+//! the server core: minetd (the release binary cargo built for this bench)
+//! and the references (this bench binary re-executed with `--serve`).
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// A server under test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Minetd,
+    Epoll,
+    /// tokio with this many bytes of buffer per connection.
+    Tokio(usize),
+}
+
+impl Kind {
+    /// `minetd`, `epoll`, `tokio:16384` (also `tokio:16K`).
+    pub fn parse(text: &str) -> Result<Kind, String> {
+        match text.split_once(':') {
+            None if text == "minetd" => Ok(Kind::Minetd),
+            None if text == "epoll" => Ok(Kind::Epoll),
+            Some(("tokio", size)) => parse_size(size)
+                .filter(|&size| size > 0)
+                .map(Kind::Tokio)
+                .ok_or_else(|| format!("bad tokio buffer size {size:?}")),
+            _ => Err(format!(
+                "unknown server {text:?} (minetd, epoll or tokio:SIZE)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Minetd => f.write_str("minetd"),
+            Kind::Epoll => f.write_str("epoll"),
+            Kind::Tokio(size) if size % 1024 == 0 => write!(f, "tokio-{}K", size / 1024),
+            Kind::Tokio(size) => write!(f, "tokio-{size}"),
+        }
+    }
+}
+
+/// `512`, `16K`, `64k`, `65536`.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let (digits, unit) = match text.strip_suffix(['K', 'k']) {
+        Some(digits) => (digits, 1024),
+        None => (text, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+/// A running server; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// Kept open so that the server never writes into a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `kind` on 127.0.0.1 port 0, pinned to `cpu` if given, and
+    /// waits for its `listening echo ADDR` line.
+    pub fn start(kind: &Kind, cpu: Option<usize>) -> io::Result<Server> {
+        let mut command = match kind {
+            Kind::Minetd => {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_minetd"));
+                command
+                    .args(["--echo", "127.0.0.1:0"])
+                    .args(["--max-connections", "20000"])
+                    .args(["--idle-timeout", "0"])
+                    .env("RUST_LOG", "warn");
+                command
+            }
+            Kind::Epoll => {
+                let mut command = Command::new(std::env::current_exe()?);
+                command.args(["--serve", "epoll"]);
+                command
+            }
+            Kind::Tokio(size) => {
+                let mut command = Command::new(std::env::current_exe()?);
+                command.args(["--serve", &format!("tokio:{size}")]);
+                command
+            }
+        };
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: between fork and exec this only makes two syscalls and
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                // A bench that dies must not leave servers behind.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                match cpu {
+                    Some(cpu) => crate::sys::pin_to(cpu),
+                    None => Ok(()),
+                }
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|err| io::Error::new(err.kind(), format!("cannot start {kind}: {err}")))?;
+        let pid = child.id();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening echo ")
+            .and_then(|addr| addr.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "{kind} did not announce its address (said {line:?})"
+            )));
+        };
+        Ok(Server {
+            child,
+            _stdout: stdout,
+            pid,
+            addr,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
