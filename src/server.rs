@@ -256,8 +256,12 @@ struct Entry {
     id: u32,
     /// What it is registered for; `None` = not registered.
     registered: Option<Interest>,
-    last_active: Tick,
-    linger_until: Option<Tick>,
+    /// Its answer is sent and it waits for the peer to close; from then on
+    /// `since` is when the linger began, and traffic no longer moves it.
+    lingering: bool,
+    /// When it last moved a byte (or began to linger): its deadlines count
+    /// from here.
+    since: Tick,
     /// The deadline of this connection's live entry in the timer heap.
     armed: Option<Tick>,
 }
@@ -265,24 +269,28 @@ struct Entry {
 impl Entry {
     /// The next deadline of this connection and what happens then.
     fn due(&self, idle_timeout: Option<Duration>) -> Option<(Tick, CloseReason)> {
-        let idle = idle_timeout.map(|t| (self.last_active.after(t), CloseReason::IdleTimeout));
-        let linger = self.linger_until.map(|t| (t, CloseReason::LingerTimeout));
-        match (idle, linger) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
+        let idle = idle_timeout.map(|t| (self.since.after(t), CloseReason::IdleTimeout));
+        if !self.lingering {
+            return idle;
         }
+        let linger = (self.since.after(DAYTIME_LINGER), CloseReason::LingerTimeout);
+        Some(match idle {
+            Some(idle) if idle.0 < linger.0 => idle,
+            _ => linger,
+        })
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     at: Tick,
-    key: usize,
+    /// The slab key; 32 bits, as no process holds 4 billion sockets.
+    key: u32,
     id: u32,
 }
 
 /// A point in time as milliseconds since the server started: every
-/// connection keeps three, and an `Instant` is twice the size. The niche
+/// connection keeps two, and an `Instant` is twice the size. The niche
 /// keeps `Option<Tick>` at eight bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Tick(NonZeroU64);
@@ -590,7 +598,9 @@ impl Core {
         let read = entry.conn.bytes_in() - bytes_in;
         let written = entry.conn.bytes_out() - bytes_out;
         if read + written != 0 {
-            entry.last_active = self.clock.tick(now);
+            if !entry.lingering {
+                entry.since = self.clock.tick(now);
+            }
             let counters = self.stats.get_mut(entry.service);
             counters.bytes_in += read;
             counters.bytes_out += written;
@@ -612,8 +622,9 @@ impl Core {
             return;
         }
         let entry = &mut self.conns[key];
-        if entry.conn.is_lingering() && entry.linger_until.is_none() {
-            entry.linger_until = Some(self.clock.tick(now).after(DAYTIME_LINGER));
+        if entry.conn.is_lingering() && !entry.lingering {
+            entry.lingering = true;
+            entry.since = self.clock.tick(now);
             self.arm(key);
         }
         let entry = &mut self.conns[key];
@@ -794,8 +805,8 @@ impl Core {
             service,
             id: self.next_id,
             registered: None,
-            last_active: self.clock.tick(now),
-            linger_until: None,
+            lingering: false,
+            since: self.clock.tick(now),
             armed: None,
         });
         let counters = self.stats.get_mut(service);
@@ -907,7 +918,7 @@ impl Core {
         let conns = &self.conns;
         self.timers.retain(|Reverse(timer)| {
             conns
-                .get(timer.key)
+                .get(timer.key as usize)
                 .is_some_and(|entry| entry.id == timer.id && entry.armed == Some(timer.at))
         });
         if self.timers.capacity() > 4 * self.timers.len() + STALE_TIMERS_KEPT {
@@ -925,6 +936,9 @@ impl Core {
         if entry.armed.is_some_and(|armed| armed <= at) {
             return;
         }
+        let Ok(key) = u32::try_from(key) else {
+            return; // cannot happen: descriptors run out long before
+        };
         entry.armed = Some(at);
         self.timers.push(Reverse(Timer {
             at,
@@ -942,7 +956,8 @@ impl Core {
                 break;
             }
             self.timers.pop();
-            let Some(entry) = self.conns.get_mut(timer.key) else {
+            let key = timer.key as usize;
+            let Some(entry) = self.conns.get_mut(key) else {
                 continue;
             };
             if entry.id != timer.id || entry.armed != Some(timer.at) {
@@ -950,8 +965,8 @@ impl Core {
             }
             entry.armed = None;
             match entry.due(self.limits.idle_timeout) {
-                Some((at, reason)) if at <= now => self.close(timer.key, reason),
-                Some(_) => self.arm(timer.key),
+                Some((at, reason)) if at <= now => self.close(key, reason),
+                Some(_) => self.arm(key),
                 None => {}
             }
         }
