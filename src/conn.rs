@@ -32,6 +32,10 @@ const CHARGEN_WRITE: usize = chargen::MAX_WINDOW;
 /// for writing only) raise no edge we see; they are found because the
 /// server re-registers for reading once there is room, and Linux reports a
 /// socket that is already readable at `EPOLL_CTL_MOD` time.
+/// A read that fills its buffer proves nothing, so bulk echo (64 KiB
+/// messages into a 64 KiB read) would still pay that extra read; with
+/// `TCP_INQ` on, the kernel says with each read how much is still queued,
+/// and zero proves the socket drained ([`Stream::read_and_tell`]).
 /// Elsewhere (kqueue, level-triggered emulations) we drain to `WouldBlock`.
 const SHORT_IO_MEANS_DRAINED: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
@@ -45,11 +49,26 @@ const IO_PER_EVENT: u32 = 16;
 pub trait Stream: Read + Write {
     /// Shuts down the sending side (sends FIN), leaving reads open.
     fn shutdown_write(&self) -> io::Result<()>;
+
+    /// Reads like [`Read::read`], and says whether bytes were still queued
+    /// after this read when the OS can tell: `Some(false)` proves the
+    /// socket drained even if the read filled `buf`, which saves the read
+    /// that would only say `WouldBlock`. `None` when it cannot tell.
+    fn read_and_tell(&mut self, buf: &mut [u8]) -> io::Result<(usize, Option<bool>)> {
+        self.read(buf).map(|n| (n, None))
+    }
 }
 
 impl Stream for mio::net::TcpStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn read_and_tell(&mut self, buf: &mut [u8]) -> io::Result<(usize, Option<bool>)> {
+        // mio's epoll source needs no bookkeeping around reads, so reading
+        // the descriptor directly is what `read` would do.
+        crate::sys::read_and_tell(self, buf)
     }
 }
 
@@ -393,13 +412,13 @@ impl<S: Stream> Connection<S> {
             }
             budget -= 1;
             let want = room.min(scratch.len());
-            match self.stream.read(&mut scratch[..want]) {
-                Ok(0) => {
+            match self.stream.read_and_tell(&mut scratch[..want]) {
+                Ok((0, _)) => {
                     trace!("{} read EOF", self.label);
                     self.phase = Phase::PeerDone;
                     readable = false;
                 }
-                Ok(n) => {
+                Ok((n, queued)) => {
                     self.bytes_in += n as u64;
                     trace!("{} read {n}", self.label);
                     let chunk = &scratch[..n];
@@ -413,7 +432,7 @@ impl<S: Stream> Connection<S> {
                         0
                     };
                     self.owed.extend(&chunk[sent..], self.limit());
-                    if SHORT_IO_MEANS_DRAINED && n < want && !read_closed {
+                    if drained(n, want, queued) && !read_closed {
                         readable = false;
                     }
                 }
@@ -436,15 +455,15 @@ impl<S: Stream> Connection<S> {
         read_closed: bool,
     ) -> io::Result<Option<CloseReason>> {
         for _ in 0..IO_PER_EVENT {
-            match self.stream.read(scratch) {
-                Ok(0) => {
+            match self.stream.read_and_tell(scratch) {
+                Ok((0, _)) => {
                     trace!("{} read EOF", self.label);
                     return Ok(Some(CloseReason::PeerClosed));
                 }
-                Ok(n) => {
+                Ok((n, queued)) => {
                     self.bytes_in += n as u64;
                     trace!("{} read {n}, discarded", self.label);
-                    if SHORT_IO_MEANS_DRAINED && n < scratch.len() && !read_closed {
+                    if drained(n, scratch.len(), queued) && !read_closed {
                         return Ok(None);
                     }
                 }
@@ -562,6 +581,12 @@ fn write_some(stream: &mut impl Write, bytes: &[u8], label: Label) -> io::Result
         }
     }
     Ok((sent, false))
+}
+
+/// Whether a read of `n` bytes (of `want` asked) left the socket drained:
+/// the kernel said nothing was queued after it, or it was short.
+fn drained(n: usize, want: usize, queued: Option<bool>) -> bool {
+    SHORT_IO_MEANS_DRAINED && (queued == Some(false) || n < want)
 }
 
 /// The socket has nothing more for us now (or no room).

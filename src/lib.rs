@@ -41,6 +41,7 @@ pub mod conn;
 pub mod daytime;
 pub mod server;
 pub mod stats;
+mod sys;
 mod udp;
 
 pub use config::{Cidr, Config, ConfigError, DaytimeFormat, Service};

@@ -28,6 +28,7 @@ use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 use crate::conn::{CloseReason, Connection, Label, interrupted, would_block};
 use crate::daytime;
 use crate::stats::Stats;
+use crate::sys;
 use crate::udp::{Answerer, NEVER_ANSWER_PORTS};
 
 /// Wakes the loop for [`ShutdownHandle::shutdown`].
@@ -786,6 +787,13 @@ impl Core {
         // reply back behind an unacknowledged one.
         if let Err(err) = stream.set_nodelay(true) {
             debug!("conn - {peer} cannot set TCP_NODELAY: {err}");
+        }
+        // Echo and discard read in bulk; knowing the queue is empty after
+        // a full read saves the read that would only say WouldBlock.
+        if matches!(service, Service::Echo | Service::Discard) {
+            if let Err(err) = sys::report_queued_bytes(&stream) {
+                trace!("conn - {peer} cannot set TCP_INQ: {err}");
+            }
         }
         let key = self.conns.vacant_key();
         let label = Label { token: key, peer };

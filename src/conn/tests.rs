@@ -60,6 +60,8 @@ struct Sim {
     write_interrupts: usize,
     /// The next read or write fails with this.
     fault: Option<io::ErrorKind>,
+    /// Reads say whether bytes are still queued, as Linux does with TCP_INQ.
+    tells_queue: bool,
 
     /// Every byte read, in order.
     read: Vec<u8>,
@@ -172,6 +174,12 @@ impl Write for Sim {
 }
 
 impl Stream for Sim {
+    fn read_and_tell(&mut self, buf: &mut [u8]) -> io::Result<(usize, Option<bool>)> {
+        let n = self.read(buf)?;
+        let queued = self.tells_queue.then(|| !self.inbound.is_empty());
+        Ok((n, queued))
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdowns.set(self.shutdowns.get() + 1);
         if self.reset {
@@ -1157,4 +1165,33 @@ fn echo_yields_after_its_budget_and_loses_nothing() {
     h.run();
     assert_eq!(h.sim().written, input);
     assert!(!h.conn.yielded());
+}
+
+#[test]
+fn echo_skips_the_would_block_read_when_the_kernel_says_nothing_is_queued() {
+    let message = binary(64);
+    let mut told = Harness::echo(64, 1 << 20).with_scratch(64);
+    told.sim_mut().tells_queue = true;
+    told.send(&message);
+    told.run();
+    assert_eq!(told.sim().written, message);
+    assert_eq!(told.sim().read_asks, [64], "one read for one full message");
+
+    // Without the kernel's word a full read proves nothing: read again.
+    let mut untold = Harness::echo(64, 1 << 20).with_scratch(64);
+    untold.send(&message);
+    untold.run();
+    assert_eq!(untold.sim().written, message);
+    assert_eq!(untold.sim().read_asks, [64, 64]);
+}
+
+#[test]
+fn echo_reads_on_after_a_full_read_while_the_kernel_says_more_is_queued() {
+    let message = binary(100);
+    let mut h = Harness::echo(1 << 16, 1 << 20).with_scratch(64);
+    h.sim_mut().tells_queue = true;
+    h.send(&message);
+    h.run();
+    assert_eq!(h.sim().written, message);
+    assert_eq!(h.sim().read_asks, [64, 64]);
 }
