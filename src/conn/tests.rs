@@ -176,7 +176,7 @@ impl Write for Sim {
 impl Stream for Sim {
     fn read_and_tell(&mut self, buf: &mut [u8]) -> io::Result<(usize, Option<bool>)> {
         let n = self.read(buf)?;
-        let queued = self.tells_queue.then(|| !self.inbound.is_empty());
+        let queued = self.tells_queue.then_some(!self.inbound.is_empty());
         Ok((n, queued))
     }
 
