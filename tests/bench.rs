@@ -25,19 +25,7 @@ fn bench(args: &[&str], limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn minetd-client");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.expect("wait for minetd-client"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid has no memory effects.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("bench still running after {limit:?}");
-        }
-    }
+    common::output_within(child, limit)
 }
 
 /// The JSON report on stdout.

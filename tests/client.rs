@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,30 +36,13 @@ fn run_with_input(mut command: Command, input: &[u8], limit: Duration) -> Output
     thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
-    wait_for(child, limit)
+    common::output_within(child, limit)
 }
 
 /// Runs `command` to completion within `limit`.
 fn run(command: Command, limit: Duration) -> Output {
     let mut command = command;
-    wait_for(command.spawn().expect("spawn minetd-client"), limit)
-}
-
-/// Collects `child`'s output; kills it and fails the test after `limit`.
-fn wait_for(child: Child, limit: Duration) -> Output {
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.expect("wait for minetd-client"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid has no memory effects.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("minetd-client still running after {limit:?}");
-        }
-    }
+    common::output_within(command.spawn().expect("spawn minetd-client"), limit)
 }
 
 /// stderr as text.
@@ -135,7 +118,7 @@ fn echo_prints_each_line_while_input_is_still_open() {
         assert_eq!(echoed, typed);
     }
     drop(stdin);
-    let output = wait_for(child, STEP);
+    let output = common::output_within(child, STEP);
     assert!(output.status.success(), "stderr: {}", stderr_of(&output));
 }
 
@@ -146,7 +129,7 @@ fn echo_reports_a_server_that_closes_before_the_end_of_input() {
     command.stdin(Stdio::piped());
     let mut child = command.spawn().expect("spawn");
     let stdin = child.stdin.take(); // held open: input has not ended
-    let output = wait_for(child, STEP);
+    let output = common::output_within(child, STEP);
     drop(stdin);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
@@ -270,7 +253,7 @@ fn daytime_into_a_closed_stdout_exits_0() {
     let mut child = client(&["daytime", &addr]).spawn().expect("spawn");
     drop(child.stdout.take());
     closed_tx.send(()).expect("server waiting");
-    let output = wait_for(child, STEP);
+    let output = common::output_within(child, STEP);
     assert_eq!(
         output.status.code(),
         Some(0),

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -306,4 +306,22 @@ pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
     stream.set_read_timeout(Some(STEP)).unwrap();
     stream.set_write_timeout(Some(STEP)).unwrap();
     stream
+}
+
+/// Collects `child`'s output; kills it and fails the test if it is still
+/// running after `limit`.
+pub fn output_within(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for the child"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("child still running after {limit:?}");
+        }
+    }
 }
