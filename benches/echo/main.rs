@@ -14,7 +14,7 @@
 //!
 //! The load (`load.rs`) keeps one message in flight per connection: write,
 //! read the whole echo, check it byte for byte, repeat. Per cell (message
-//! size x connections) the servers run in turn, A B C D A B C D ..., each
+//! size x connections) the servers run in turn, A B C D D C B A ..., each
 //! run in a fresh server process, and the table gives the median per server
 //! and the median over pairs of minetd's ratio to each reference. Server CPU
 //! comes from `/proc/PID/stat` (utime + stime) around the measured window,
@@ -256,7 +256,15 @@ fn run_all(settings: &mut Settings) -> io::Result<bool> {
         eprintln!("-- {cell}");
         let mut runs = vec![Vec::new(); settings.servers.len()];
         for pair in 0..settings.pairs {
-            for (index, kind) in settings.servers.iter().enumerate() {
+            // Odd pairs run the servers in reverse (A B C D, D C B A, ...),
+            // so no server always goes first after the previous cell or
+            // always follows the same one.
+            let mut order: Vec<usize> = (0..settings.servers.len()).collect();
+            if pair % 2 == 1 {
+                order.reverse();
+            }
+            for index in order {
+                let kind = &settings.servers[index];
                 let syscalls = settings.syscalls.filter(|_| pair == 0);
                 match run_one(kind, cell, settings, syscalls) {
                     Ok(run) => {
