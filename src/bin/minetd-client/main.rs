@@ -5,7 +5,7 @@
 //! loop and no async runtime, so the client is an independent check on the
 //! server rather than a mirror of it. This file holds the command line and
 //! the one place where errors become exit codes; the byte pumps live in
-//! [`pump`], the benchmark in [`bench`].
+//! [`pump`], the benchmark in [`bench`](mod@bench).
 
 mod addr;
 mod bench;
