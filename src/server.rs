@@ -530,7 +530,13 @@ impl Core {
     /// at all while a listener has connections left to accept.
     fn poll_timeout(&self, requested: Option<Duration>, now: Instant) -> Option<Duration> {
         let paused = self.accept_paused_until.is_some();
-        if !paused && self.state == State::Running && self.listeners.iter().any(|l| l.ready) {
+        // A paused accept does not hold back datagrams: UDP needs no
+        // descriptors.
+        let work_left = self
+            .listeners
+            .iter()
+            .any(|l| l.ready && (!paused || matches!(l.socket, Socket::Udp(_))));
+        if work_left && self.state == State::Running {
             return Some(Duration::ZERO);
         }
         let draining = match self.state {
