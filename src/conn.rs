@@ -441,7 +441,12 @@ impl<S: Stream> Connection<S> {
                 Err(err) => return Err(err),
             }
         }
-        if self.close_when_idle && self.owed.is_empty() && self.phase == Phase::Serving {
+        // A yielded connection still has input waiting: it is not idle.
+        if self.close_when_idle
+            && self.owed.is_empty()
+            && self.phase == Phase::Serving
+            && !self.yielded
+        {
             return Ok(Some(CloseReason::Shutdown));
         }
         Ok(None)

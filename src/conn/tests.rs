@@ -1195,3 +1195,18 @@ fn echo_reads_on_after_a_full_read_while_the_kernel_says_more_is_queued() {
     assert_eq!(h.sim().written, message);
     assert_eq!(h.sim().read_asks, [64, 64]);
 }
+
+#[test]
+fn close_when_idle_waits_for_input_a_yield_left_unread() {
+    let input = binary(100);
+    let mut h = Harness::echo(1 << 16, 1 << 20).with_scratch(1);
+    h.send(&input);
+    h.queued = false;
+    // The server shuts down before this connection's event is served.
+    h.shutdown();
+    assert!(h.conn.yielded());
+    assert_eq!(h.closed, None, "closed with input still waiting");
+    h.run();
+    assert_eq!(h.sim().written, input);
+    assert_eq!(h.closed, Some(CloseReason::Shutdown));
+}
