@@ -7,9 +7,7 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{STEP, Server, connect, read_to_eof};
@@ -30,20 +28,8 @@ fn minetd(args: &[&str]) -> Command {
 /// Runs `minetd` with `args` to completion; kills it and fails the test if
 /// it is still running after [`STEP`].
 fn run(args: &[&str]) -> Output {
-    let child: Child = minetd(args).spawn().expect("spawn minetd");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(STEP) {
-        Ok(output) => output.expect("wait for minetd"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid has no memory effects.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("minetd {args:?} still running after {STEP:?}");
-        }
-    }
+    let child = minetd(args).spawn().expect("spawn minetd");
+    common::output_within(child, STEP)
 }
 
 fn stderr_of(output: &Output) -> String {
