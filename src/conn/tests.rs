@@ -1054,6 +1054,11 @@ proptest! {
     }
 }
 
+/// The first `len` bytes a chargen connection sends.
+fn chargen_stream(len: usize) -> Vec<u8> {
+    (0..len).map(|n| crate::chargen::window(n, 1)[0]).collect()
+}
+
 /// A connection that `Core::admit` runs at once (everything but echo and
 /// discard), then registers.
 fn started(conn: Connection<Sim>) -> Harness {
@@ -1072,10 +1077,10 @@ fn chargen_sends_the_pattern_unbroken_through_short_writes() {
     }
     let written = &h.sim().written;
     assert_eq!(written.len(), 100 + 1 + 73 + 74 + 1000 + 7031 + 3 + 20_000);
-    let expected: Vec<u8> = (0..written.len())
-        .map(|n| crate::chargen::window(n, 1)[0])
-        .collect();
-    assert!(*written == expected, "chargen stream broke its pattern");
+    assert!(
+        *written == chargen_stream(written.len()),
+        "chargen stream broke its pattern"
+    );
     assert_eq!(h.conn.owed(), 0, "chargen owes nothing of its own");
 }
 
@@ -1106,10 +1111,7 @@ fn chargen_yields_to_other_connections_when_the_peer_reads_without_end() {
     h.queued = false;
     h.deliver();
     assert_eq!(h.sim().written.len(), 2 * first);
-    let expected: Vec<u8> = (0..2 * first)
-        .map(|n| crate::chargen::window(n, 1)[0])
-        .collect();
-    assert!(h.sim().written == expected);
+    assert!(h.sim().written == chargen_stream(2 * first));
 }
 
 #[test]
