@@ -83,8 +83,6 @@ pub enum CloseReason {
     IdleTimeout,
     /// Daytime's line was sent but the peer neither closed nor reset in time.
     LingerTimeout,
-    /// Over `max_connections`: accepted and closed at once.
-    Refused,
     /// The server shut down.
     Shutdown,
     /// Any other I/O error on this connection.
@@ -110,7 +108,6 @@ impl fmt::Display for CloseReason {
             CloseReason::Reset => f.write_str("reset by peer"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::LingerTimeout => f.write_str("linger timeout"),
-            CloseReason::Refused => f.write_str("refused"),
             CloseReason::Shutdown => f.write_str("shutdown"),
             CloseReason::Error(kind) => write!(f, "error: {kind}"),
         }
