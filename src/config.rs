@@ -152,6 +152,11 @@ impl FromStr for DaytimeFormat {
     }
 }
 
+/// The default total of buffered bytes: 512 peers each owed a full
+/// default `max_pending`, a few times what a busy small server holds, and
+/// small enough for the machines this is embedded in.
+pub const DEFAULT_MAX_BUFFERED: usize = 32 * 1024 * 1024;
+
 /// Everything [`Server::bind`](crate::Server::bind) needs.
 ///
 /// `Default` serves nothing and carries the `minetd` binary's default limits,
@@ -203,6 +208,12 @@ pub struct Config {
     /// Bytes read but not yet echoed, per connection. At the cap the server
     /// stops reading that connection until the peer drains it.
     pub max_pending: usize,
+    /// Bytes held for all connections together (owed echo bytes and their
+    /// storage, answers not yet sent), at least `max_pending`. Once they
+    /// reach it, a connection that would have to keep more reads only what
+    /// its socket sends back at once, or nothing until its peer reads:
+    /// nothing is dropped, TCP slows the peers that hold the bytes.
+    pub max_buffered: usize,
     /// After a shutdown request, how long to keep flushing owed bytes.
     pub shutdown_grace: Duration,
     /// The daytime line's format.
@@ -228,6 +239,7 @@ impl Default for Config {
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
             max_pending: 64 * 1024,
+            max_buffered: DEFAULT_MAX_BUFFERED,
             shutdown_grace: Duration::from_secs(5),
             daytime_format: DaytimeFormat::Ctime,
         }
@@ -299,6 +311,12 @@ impl Config {
         if self.max_pending == 0 {
             return Err(ConfigError::ZeroMaxPending);
         }
+        if self.max_buffered < self.max_pending {
+            return Err(ConfigError::BufferedBelowPending {
+                max_buffered: self.max_buffered,
+                max_pending: self.max_pending,
+            });
+        }
         Ok(())
     }
 }
@@ -314,6 +332,14 @@ pub enum ConfigError {
     ZeroMaxPending,
     /// `per_source` is `Some(0)`: every connection would be refused.
     ZeroPerSource,
+    /// `max_buffered` is below `max_pending`: one connection could be
+    /// promised more than all of them together may hold.
+    BufferedBelowPending {
+        /// The total asked for.
+        max_buffered: usize,
+        /// The per-connection limit it is below.
+        max_pending: usize,
+    },
     /// A UDP service on a non-loopback address with no allow-list.
     ExposedUdp {
         /// The UDP service.
@@ -330,6 +356,14 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroMaxConnections => f.write_str("max-connections must be at least 1"),
             ConfigError::ZeroMaxPending => f.write_str("max-pending must be at least 1"),
             ConfigError::ZeroPerSource => f.write_str("per-source must be at least 1"),
+            ConfigError::BufferedBelowPending {
+                max_buffered,
+                max_pending,
+            } => write!(
+                f,
+                "max-buffered {max_buffered} is below max-pending {max_pending}: \
+                 it must be at least as large"
+            ),
             ConfigError::ExposedUdp { service, addr } => write!(
                 f,
                 "refusing to serve {service} on non-loopback address {addr} without --allow: \
@@ -521,6 +555,34 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(zero_pending.validate(), Err(ConfigError::ZeroMaxPending));
+    }
+
+    #[test]
+    fn a_total_below_the_per_connection_limit_is_rejected_with_both_values() {
+        let config = Config {
+            echo: vec!["127.0.0.1:0".parse().unwrap()],
+            max_pending: 65536,
+            max_buffered: 65535,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::BufferedBelowPending {
+                max_buffered: 65535,
+                max_pending: 65536
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "max-buffered 65535 is below max-pending 65536: it must be at least as large"
+        );
+        let equal = Config {
+            max_buffered: 65536,
+            ..config
+        };
+        assert_eq!(equal.validate(), Ok(()));
+        assert_eq!(Config::default().max_buffered, 32 * 1024 * 1024);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::net::{Shutdown, SocketAddr};
 use log::trace;
 use mio::Interest;
 
+use crate::budget::{Budget, Charge};
 use crate::chargen;
 
 /// Bytes of pattern offered to one chargen `write`: the longest window the
@@ -45,10 +46,19 @@ const SHORT_IO_MEANS_DRAINED: bool = cfg!(any(target_os = "linux", target_os = "
 /// A connection that stops here with work left asks to be re-armed.
 const IO_PER_EVENT: u32 = 16;
 
+/// What storage for owed bytes costs beside the bytes: the boxed header
+/// that holds them and their charge. Charged with the bytes, so that
+/// `--max-buffered` bounds what the allocator hands out, not only payload.
+const PENDING_OVERHEAD: usize = std::mem::size_of::<Pending>();
+
 /// A byte stream a connection can half-close.
 pub trait Stream: Read + Write {
     /// Shuts down the sending side (sends FIN), leaving reads open.
     fn shutdown_write(&self) -> io::Result<()>;
+
+    /// Copies up to `buf.len()` queued bytes without taking them from the
+    /// socket (`MSG_PEEK`); 0 means the peer's FIN is next.
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
     /// Reads like [`Read::read`], and says whether bytes were still queued
     /// after this read when the OS can tell: `Some(false)` proves the
@@ -62,6 +72,10 @@ pub trait Stream: Read + Write {
 impl Stream for mio::net::TcpStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        mio::net::TcpStream::peek(self, buf)
     }
 
     #[cfg(target_os = "linux")]
@@ -171,6 +185,9 @@ struct Pending {
     bytes: Vec<u8>,
     /// Bytes before `start` were already sent.
     start: usize,
+    /// The storage's capacity plus [`PENDING_OVERHEAD`], taken from the
+    /// server's budget and given back when the storage is freed.
+    charge: Charge,
 }
 
 impl Owed {
@@ -192,9 +209,11 @@ impl Owed {
         self.pending.as_ref().map_or(0, |p| p.bytes.capacity())
     }
 
-    /// Appends `more`; the caller keeps the total within `limit`, and the
-    /// allocation never grows past `limit` either.
-    fn extend(&mut self, more: &[u8], limit: usize) {
+    /// Appends `more`, charging `budget` for any storage it takes. The
+    /// caller keeps the total within `limit`, and has made sure `budget`
+    /// covers `more.len() + PENDING_OVERHEAD` (or chose to go over): storage
+    /// grows by at most that much, as doubling stops at the budget.
+    fn extend(&mut self, more: &[u8], limit: usize, budget: &Budget) {
         if more.is_empty() {
             return;
         }
@@ -202,6 +221,7 @@ impl Owed {
             Box::new(Pending {
                 bytes: Vec::new(),
                 start: 0,
+                charge: budget.charge(PENDING_OVERHEAD),
             })
         });
         let needed = pending.bytes.len() - pending.start + more.len();
@@ -209,12 +229,22 @@ impl Owed {
             // Reuse the sent prefix before growing.
             pending.bytes.drain(..pending.start);
             pending.start = 0;
-            if needed > pending.bytes.capacity() {
-                let target = (pending.bytes.capacity() * 2).clamp(needed, limit.max(needed));
+            let capacity = pending.bytes.capacity();
+            if needed > capacity {
+                // Doubling saves reallocations for a peer that owes more and
+                // more, but not past the pending limit nor the budget.
+                let affordable = (capacity + budget.available()).max(needed);
+                let target = (capacity * 2)
+                    .clamp(needed, limit.max(needed))
+                    .min(affordable);
                 pending.bytes.reserve_exact(target - pending.bytes.len());
             }
         }
         pending.bytes.extend_from_slice(more);
+        let held = pending.bytes.capacity() + PENDING_OVERHEAD;
+        if held > pending.charge.bytes() {
+            pending.charge.grow(held - pending.charge.bytes());
+        }
     }
 
     /// Marks `n` bytes as sent, giving the storage back once all are.
@@ -247,6 +277,11 @@ pub struct Connection<S> {
     /// Stopped at [`IO_PER_EVENT`] with work left: the poll must report it
     /// again, as no new edge will come.
     yielded: bool,
+    /// Echo: the budget could not cover what a read might leave owed, and
+    /// the send side is blocked, so input waits in the kernel until the
+    /// socket takes more (a writable edge, which the blocked write
+    /// guarantees).
+    send_first: bool,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -254,32 +289,45 @@ pub struct Connection<S> {
 impl<S: Stream> Connection<S> {
     /// An echo connection that owes at most `pending_limit` bytes (at least 1).
     pub fn echo(stream: S, label: Label, pending_limit: usize) -> Self {
-        Connection::new(stream, label, Role::Echo, pending_limit, &[])
+        Connection::new(stream, label, Role::Echo, pending_limit)
     }
 
     /// A daytime connection that owes `line` and nothing else.
-    pub fn daytime(stream: S, label: Label, line: &[u8]) -> Self {
-        Connection::new(stream, label, Role::Announce, line.len(), line)
+    ///
+    /// The line is charged to `budget` even past its limit: it cannot be
+    /// read less of, it is a few dozen bytes, and the server writes it into
+    /// the new socket's empty send buffer at once, which frees it. So the
+    /// most it can add over the limit is one line per connection whose
+    /// first write did not take 30 bytes.
+    pub fn daytime(stream: S, label: Label, line: &[u8], budget: &Budget) -> Self {
+        Connection::announcing(stream, label, line, budget)
     }
 
-    /// A time connection that owes the four bytes of RFC 868.
-    pub fn time(stream: S, label: Label, now: [u8; 4]) -> Self {
-        Connection::new(stream, label, Role::Announce, now.len(), &now)
+    /// A time connection that owes the four bytes of RFC 868, charged as
+    /// daytime's line is.
+    pub fn time(stream: S, label: Label, now: [u8; 4], budget: &Budget) -> Self {
+        Connection::announcing(stream, label, &now, budget)
     }
 
     /// A discard connection: reads everything, writes nothing.
     pub fn discard(stream: S, label: Label) -> Self {
-        Connection::new(stream, label, Role::Discard, 1, &[])
+        Connection::new(stream, label, Role::Discard, 1)
     }
 
     /// A chargen connection: writes the pattern as fast as the peer reads,
     /// straight from the static pattern, so it owes nothing itself.
     pub fn chargen(stream: S, label: Label) -> Self {
-        Connection::new(stream, label, Role::Chargen { position: 0 }, 1, &[])
+        Connection::new(stream, label, Role::Chargen { position: 0 }, 1)
     }
 
-    fn new(stream: S, label: Label, role: Role, pending_limit: usize, owed: &[u8]) -> Self {
-        let mut conn = Connection {
+    fn announcing(stream: S, label: Label, answer: &[u8], budget: &Budget) -> Self {
+        let mut conn = Connection::new(stream, label, Role::Announce, answer.len());
+        conn.owed.extend(answer, conn.limit(), budget);
+        conn
+    }
+
+    fn new(stream: S, label: Label, role: Role, pending_limit: usize) -> Self {
+        Connection {
             stream,
             label,
             role,
@@ -288,11 +336,10 @@ impl<S: Stream> Connection<S> {
             pending_limit: u32::try_from(pending_limit.max(1)).unwrap_or(u32::MAX),
             close_when_idle: false,
             yielded: false,
+            send_first: false,
             bytes_in: 0,
             bytes_out: 0,
-        };
-        conn.owed.extend(owed, conn.limit());
-        conn
+        }
     }
 
     fn limit(&self) -> usize {
@@ -344,13 +391,20 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Reads and writes until `WouldBlock`, the cap or the end, using
-    /// `scratch` (shared by every connection) for what it reads.
+    /// `scratch` (shared by every connection) for what it reads and
+    /// `budget` (shared too) for what it has to keep.
     /// `read_closed` says the event that woke us carried the peer's FIN.
     /// Returns `Some(reason)` when the connection should be closed now.
-    pub fn on_ready(&mut self, scratch: &mut [u8], read_closed: bool) -> Option<CloseReason> {
+    pub fn on_ready(
+        &mut self,
+        scratch: &mut [u8],
+        read_closed: bool,
+        budget: &Budget,
+    ) -> Option<CloseReason> {
         self.yielded = false;
+        self.send_first = false;
         let result = match self.role {
-            Role::Echo => self.serve_echo(scratch, read_closed),
+            Role::Echo => self.serve_echo(scratch, read_closed, budget),
             Role::Announce => self.serve_announce(scratch, read_closed),
             Role::Discard => self.serve_discard(scratch, read_closed),
             Role::Chargen { position } => {
@@ -364,13 +418,14 @@ impl<S: Stream> Connection<S> {
     /// (deregister it).
     pub fn interest(&self) -> Option<Interest> {
         let read = match (self.phase, self.role) {
-            (Phase::Serving, Role::Echo) => self.owed.len() < self.limit(),
+            (Phase::Serving, Role::Echo) => self.owed.len() < self.limit() && !self.send_first,
             (Phase::Serving, Role::Announce) => false,
             (Phase::Serving, Role::Discard | Role::Chargen { .. }) => true,
             (Phase::PeerDone, _) => false,
             (Phase::Lingering, _) => true,
         };
-        let write = !self.owed.is_empty() || matches!(self.role, Role::Chargen { .. });
+        let write =
+            !self.owed.is_empty() || self.send_first || matches!(self.role, Role::Chargen { .. });
         match (read, write) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),
@@ -379,16 +434,33 @@ impl<S: Stream> Connection<S> {
         }
     }
 
+    /// Echo under a budget. While the budget covers whatever a read might
+    /// leave owed, read and echo as always: write straight from `scratch`,
+    /// keep only what a short write leaves. When it does not (hostile or
+    /// slow peers hold it), a connection that owes nothing reads only what
+    /// its socket takes back at once: it peeks, writes, and then takes from
+    /// the socket exactly the bytes the write took. It keeps nothing, so a
+    /// full budget costs a reader that keeps up one extra syscall per
+    /// message and no latency, while a connection that owes bytes, or whose
+    /// socket is full, reads nothing until its peer drains it: TCP holds
+    /// its peer's bytes, and flow control slows that peer alone.
+    ///
+    /// Worst case: reads that may leave bytes owed are only made when
+    /// [`Budget::covers`] the whole read plus its storage, and storage grows
+    /// by no more than that; peeked echo keeps nothing. So echo never takes
+    /// the total past `--max-buffered`. Only daytime and time answers are
+    /// charged regardless (see [`Connection::daytime`]).
     fn serve_echo(
         &mut self,
         scratch: &mut [u8],
         read_closed: bool,
+        budget: &Budget,
     ) -> io::Result<Option<CloseReason>> {
         // Until an operation says otherwise, assume we may do it: events are
         // hints, and a stale one only costs a WouldBlock.
         let mut writable = true;
         let mut readable = self.phase == Phase::Serving;
-        let mut budget = IO_PER_EVENT;
+        let mut io_left = IO_PER_EVENT;
         loop {
             if writable && !self.owed.is_empty() {
                 writable = self.flush()?;
@@ -400,53 +472,119 @@ impl<S: Stream> Connection<S> {
             if !readable || room == 0 {
                 // At the cap the peer's bytes wait in the kernel; once a
                 // flush makes room, the loop above reads them at once, as a
-                // paused reader gets no new edge (PITFALLS 2).
+                // paused reader gets no new edge (mio's "draining
+                // readiness"; a paused read is not a drained one).
                 break;
             }
-            if budget == 0 {
+            let want = room.min(scratch.len());
+            let may_keep = budget.covers(want + PENDING_OVERHEAD);
+            let may_peek = writable && self.owed.is_empty();
+            if !may_keep && !may_peek {
+                // Owed bytes go first, and a blocked socket takes nothing
+                // back: wait for the writable edge the blocked write set up.
+                self.send_first = true;
+                break;
+            }
+            if io_left == 0 {
                 self.yielded = true;
                 break;
             }
-            budget -= 1;
-            let want = room.min(scratch.len());
-            match self.stream.read_and_tell(&mut scratch[..want]) {
-                Ok((0, _)) => {
-                    trace!("{} read EOF", self.label);
-                    self.phase = Phase::PeerDone;
-                    readable = false;
-                }
-                Ok((n, queued)) => {
-                    self.bytes_in += n as u64;
-                    trace!("{} read {n}", self.label);
-                    let chunk = &scratch[..n];
-                    // Echo straight from the shared buffer; only what a
-                    // short write leaves behind is copied into `owed`.
-                    let sent = if writable && self.owed.is_empty() {
-                        let (sent, blocked) = self.write_some(chunk)?;
-                        writable = !blocked;
-                        sent
-                    } else {
-                        0
-                    };
-                    self.owed.extend(&chunk[sent..], self.limit());
-                    if drained(n, want, queued) && !read_closed {
+            io_left -= 1;
+            let (n, queued) = if may_keep {
+                match self.stream.read_and_tell(&mut scratch[..want]) {
+                    Ok((0, _)) => (0, None),
+                    Ok((n, queued)) => {
+                        self.bytes_in += n as u64;
+                        trace!("{} read {n}", self.label);
+                        let chunk = &scratch[..n];
+                        // Echo straight from the shared buffer; only what a
+                        // short write leaves behind is copied into `owed`.
+                        let sent = if writable && self.owed.is_empty() {
+                            let (sent, blocked) = self.write_some(chunk)?;
+                            writable = !blocked;
+                            sent
+                        } else {
+                            0
+                        };
+                        self.owed.extend(&chunk[sent..], self.limit(), budget);
+                        (n, queued)
+                    }
+                    Err(err) if would_block(&err) => {
                         readable = false;
+                        continue;
+                    }
+                    Err(err) if interrupted(&err) => continue,
+                    Err(err) => return Err(err),
+                }
+            } else {
+                match self.echo_what_the_socket_takes(&mut scratch[..want])? {
+                    Some((n, blocked)) => {
+                        if blocked {
+                            writable = false;
+                            self.send_first = true;
+                            readable = false;
+                        }
+                        (n, None)
+                    }
+                    None => {
+                        readable = false;
+                        continue;
                     }
                 }
-                Err(err) if would_block(&err) => readable = false,
-                Err(err) if interrupted(&err) => {}
-                Err(err) => return Err(err),
+            };
+            if n == 0 {
+                trace!("{} read EOF", self.label);
+                self.phase = Phase::PeerDone;
+                readable = false;
+            } else if drained(n, want, queued) && !read_closed {
+                readable = false;
             }
         }
-        // A yielded connection still has input waiting: it is not idle.
+        // A yielded connection, or one whose input waits for its send side,
+        // still has input: it is not idle.
         if self.close_when_idle
             && self.owed.is_empty()
             && self.phase == Phase::Serving
             && !self.yielded
+            && !self.send_first
         {
             return Ok(Some(CloseReason::Shutdown));
         }
         Ok(None)
+    }
+
+    /// Peeks at up to `buf.len()` queued bytes, writes them, and takes from
+    /// the socket exactly what the write took, so nothing is kept.
+    /// `Some((peeked, blocked))`, with 0 peeked at the peer's FIN; `None`
+    /// when nothing is queued.
+    fn echo_what_the_socket_takes(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, bool)>> {
+        let peeked = loop {
+            match self.stream.peek(buf) {
+                Ok(n) => break n,
+                Err(err) if would_block(&err) => return Ok(None),
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        };
+        if peeked == 0 {
+            return Ok(Some((0, false)));
+        }
+        let (sent, blocked) = self.write_some(&buf[..peeked])?;
+        // The peeked bytes are still first in the receive queue, so this
+        // takes exactly the ones just sent.
+        let mut taken = 0;
+        while taken < sent {
+            match self.stream.read(&mut buf[taken..sent]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => taken += n,
+                Err(err) if interrupted(&err) => {}
+                // Anything else would echo these bytes twice: close instead.
+                Err(err) => return Err(err),
+            }
+        }
+        self.bytes_in += sent as u64;
+        trace!("{} peeked {peeked}, echoed and took {sent}", self.label);
+        Ok(Some((peeked, blocked)))
     }
 
     /// Reads and drops input until the socket is drained, the budget is

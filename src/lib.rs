@@ -14,6 +14,8 @@
 //!   that tests can drive it with simulated streams.
 //! - [`daytime`]: the daytime line in each format, and time's four bytes.
 //! - [`chargen`]: the character generator's pattern.
+//! - [`budget`]: the bytes held for all connections together, within
+//!   `max_buffered` ([`Budget`]).
 //! - [`stats`]: the counters the server keeps per service ([`Stats`]).
 //!
 //! The library starts no threads, installs no signal handlers and leaves
@@ -35,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod chargen;
 pub mod config;
 pub mod conn;
@@ -44,6 +47,7 @@ pub mod stats;
 mod sys;
 mod udp;
 
+pub use budget::Budget;
 pub use config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 pub use conn::{CloseReason, Connection};
 pub use server::{BindError, Server, ShutdownHandle, Turn};

@@ -24,6 +24,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::budget::Budget;
 use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 use crate::conn::{CloseReason, Connection, Label, interrupted, would_block};
 use crate::daytime;
@@ -186,6 +187,8 @@ struct Core {
     /// rest are recognised as stale when popped.
     timers: BinaryHeap<Reverse<Timer>>,
     scratch: Box<[u8]>,
+    /// Bytes held for all connections together, within `--max-buffered`.
+    budget: Budget,
     limits: Limits,
     next_id: u32,
     clock: Clock,
@@ -197,6 +200,7 @@ struct Core {
     handle: ShutdownHandle,
     refusal_warning: RateLimit,
     descriptor_warning: RateLimit,
+    budget_warning: RateLimit,
     /// Open connections per peer address, kept only with a per-source limit.
     per_source: Option<HashMap<IpAddr, u32>>,
     stats: Stats,
@@ -404,6 +408,7 @@ impl Server {
             conns: Slab::new(),
             timers: BinaryHeap::new(),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            budget: Budget::new(config.max_buffered),
             limits: Limits {
                 max_connections: config.max_connections,
                 idle_timeout: config.idle_timeout,
@@ -421,6 +426,7 @@ impl Server {
             handle,
             refusal_warning: RateLimit::default(),
             descriptor_warning: RateLimit::default(),
+            budget_warning: RateLimit::default(),
             per_source: config.per_source.map(|_| HashMap::new()),
             stats: Stats::new(served),
             next_stats: config.stats_interval.map(|every| started + every),
@@ -478,6 +484,15 @@ impl Server {
         self.core.conns.len()
     }
 
+    /// Bytes held for all connections right now (owed echo bytes and
+    /// answers not yet sent, with their storage): never above the
+    /// configured `max_buffered` but for the bounded excess
+    /// [`Connection::daytime`] explains, and 0 once every connection is
+    /// closed.
+    pub fn buffered(&self) -> usize {
+        self.core.budget.used()
+    }
+
     /// The counters of every service since the server started.
     pub fn stats(&self) -> Stats {
         self.core.stats.clone()
@@ -519,6 +534,7 @@ impl Server {
         self.core.check_shutdown(registry, now);
         self.core.accept_ready(registry, now);
         self.core.expire_timers(now);
+        self.core.warn_of_pressure(now);
         self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
         Ok(turn)
@@ -601,7 +617,9 @@ impl Core {
     fn run_conn(&mut self, key: usize, read_closed: bool, now: Instant) -> Option<CloseReason> {
         let entry = &mut self.conns[key];
         let (bytes_in, bytes_out) = (entry.conn.bytes_in(), entry.conn.bytes_out());
-        let outcome = entry.conn.on_ready(&mut self.scratch, read_closed);
+        let outcome = entry
+            .conn
+            .on_ready(&mut self.scratch, read_closed, &self.budget);
         let read = entry.conn.bytes_in() - bytes_in;
         let written = entry.conn.bytes_out() - bytes_out;
         if read + written != 0 {
@@ -806,9 +824,11 @@ impl Core {
         let conn = match service {
             Service::Daytime => {
                 let line = daytime::line_now(self.limits.daytime_format);
-                Connection::daytime(stream, label, line.as_bytes())
+                Connection::daytime(stream, label, line.as_bytes(), &self.budget)
             }
-            Service::Time => Connection::time(stream, label, daytime::time_bytes_now()),
+            Service::Time => {
+                Connection::time(stream, label, daytime::time_bytes_now(), &self.budget)
+            }
             Service::Discard => Connection::discard(stream, label),
             Service::Chargen => Connection::chargen(stream, label),
             _ => Connection::echo(stream, label, self.limits.pending_limit),
@@ -1031,6 +1051,23 @@ impl Core {
             self.conns[key].conn.close_when_idle();
             let outcome = self.run_conn(key, false, now);
             self.settle(registry, key, outcome, now);
+        }
+    }
+
+    /// Tells the operator, at most once a second, that the memory budget
+    /// held reads back: some peers are not reading what they are sent.
+    fn warn_of_pressure(&mut self, now: Instant) {
+        if !self.budget.take_pressure() {
+            return;
+        }
+        if let Some(held_back) = self.budget_warning.allow(now) {
+            warn!(
+                "memory budget full: {} of {} bytes held (max-buffered); \
+                 connections that owe bytes wait for their peers to read{}",
+                self.budget.used(),
+                self.budget.limit(),
+                held_back_note(held_back)
+            );
         }
     }
 

@@ -96,6 +96,12 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = parse_at_least_one)]
     max_pending: usize,
 
+    /// Bytes held for all connections together, at least --max-pending; once
+    /// reached, peers that do not read are slowed, the rest still served
+    /// [default: 33554432 (32 MiB) or --max-pending if larger]
+    #[arg(long, value_name = "BYTES", value_parser = parse_at_least_one)]
+    max_buffered: Option<usize>,
+
     /// On SIGINT/SIGTERM, how long to keep flushing owed bytes before closing
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_grace: u64,
@@ -145,6 +151,9 @@ fn main() -> ExitCode {
         max_connections: args.max_connections,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         max_pending: args.max_pending,
+        max_buffered: args
+            .max_buffered
+            .unwrap_or(minetd::config::DEFAULT_MAX_BUFFERED.max(args.max_pending)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         daytime_format: args.daytime_format,
         ..Config::default()

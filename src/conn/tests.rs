@@ -31,7 +31,8 @@ use mio::Interest;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use super::{CloseReason, Connection, Label, Stream};
+use super::{CloseReason, Connection, Label, PENDING_OVERHEAD, Stream};
+use crate::budget::{Budget, Charge};
 
 /// The server's read buffer size: big enough that the pending limit, not
 /// the buffer, bounds a read.
@@ -78,6 +79,8 @@ struct Sim {
     writes_after_shutdown: usize,
     /// Each read's buffer length.
     read_asks: Vec<usize>,
+    /// Peeks so far.
+    peeks: usize,
     /// The most a read could have left unechoed: bytes read and not written
     /// back, plus the read's buffer. Never over the pending limit.
     widest_read: usize,
@@ -174,6 +177,35 @@ impl Write for Sim {
 }
 
 impl Stream for Sim {
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.eof_read {
+            self.reads_after_eof += 1;
+        }
+        self.peeks += 1;
+        if self.read_interrupts > 0 {
+            self.read_interrupts -= 1;
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        if let Some(kind) = self.fault.take() {
+            return Err(self.fail(kind));
+        }
+        if !self.inbound.is_empty() {
+            let n = buf.len().min(self.inbound.len());
+            for (slot, byte) in buf.iter_mut().zip(self.inbound.iter()) {
+                *slot = *byte;
+            }
+            return Ok(n);
+        }
+        if self.reset {
+            return Err(self.fail(io::ErrorKind::ConnectionReset));
+        }
+        if self.fin {
+            self.eof_read = true;
+            return Ok(0);
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
     fn read_and_tell(&mut self, buf: &mut [u8]) -> io::Result<(usize, Option<bool>)> {
         let n = self.read(buf)?;
         let queued = self.tells_queue.then_some(!self.inbound.is_empty());
@@ -195,6 +227,10 @@ impl Stream for Sim {
 struct Harness {
     conn: Connection<Sim>,
     scratch: Vec<u8>,
+    /// The server's budget, shared with every other connection.
+    budget: Budget,
+    /// What the other connections hold of it.
+    others: Option<Charge>,
     /// What the connection is registered for, as `Entry::registered`.
     registered: Option<Interest>,
     /// An event is queued for it.
@@ -217,21 +253,60 @@ impl Harness {
     /// An accepted daytime connection, as `Core::admit` starts it: run at
     /// once, then registered.
     fn daytime(line: &[u8], room: usize) -> Harness {
-        let conn = Connection::daytime(Sim::with_room(room), label(), line);
-        let mut h = Harness::new(conn);
+        let budget = Budget::new(usize::MAX / 2);
+        let conn = Connection::daytime(Sim::with_room(room), label(), line, &budget);
+        let mut h = Harness::with_budget(conn, budget);
         h.call(false);
         h
     }
 
     fn new(conn: Connection<Sim>) -> Harness {
+        Harness::with_budget(conn, Budget::new(usize::MAX / 2))
+    }
+
+    fn with_budget(conn: Connection<Sim>, budget: Budget) -> Harness {
         Harness {
             conn,
             scratch: vec![0; SCRATCH],
+            budget,
+            others: None,
             registered: None,
             queued: false,
             closed: None,
             calls: 0,
         }
+    }
+
+    /// An echo connection on a server whose budget is `total` bytes.
+    fn echo_budgeted(pending_limit: usize, room: usize, total: usize) -> Harness {
+        let conn = Connection::echo(Sim::with_room(room), label(), pending_limit);
+        let mut h = Harness::with_budget(conn, Budget::new(total));
+        h.settle(None);
+        h
+    }
+
+    /// Other connections take `bytes` more of the budget (past its limit
+    /// if they like: daytime lines may).
+    fn squeeze(&mut self, bytes: usize) {
+        match &mut self.others {
+            Some(charge) => charge.grow(bytes),
+            None => self.others = Some(self.budget.charge(bytes)),
+        }
+    }
+
+    /// Other connections give back all they hold. No event follows: a
+    /// connection must never wait on the budget itself.
+    fn release(&mut self) {
+        self.others = None;
+    }
+
+    /// What this connection holds of the budget.
+    fn held(&self) -> usize {
+        self.conn
+            .owed
+            .pending
+            .as_ref()
+            .map_or(0, |pending| pending.charge.bytes())
     }
 
     fn with_scratch(mut self, len: usize) -> Harness {
@@ -339,7 +414,26 @@ impl Harness {
         assert!(self.closed.is_none(), "on_ready after close");
         let error_before = self.sim().error.get();
         self.calls += 1;
-        let outcome = self.conn.on_ready(&mut self.scratch, read_closed);
+        let held_before = self.held();
+        let outcome = self
+            .conn
+            .on_ready(&mut self.scratch, read_closed, &self.budget);
+        if self.held() > held_before {
+            assert!(
+                self.budget.used() <= self.budget.limit(),
+                "grew from {held_before} to {} bytes held, taking the budget to {} of {}",
+                self.held(),
+                self.budget.used(),
+                self.budget.limit()
+            );
+        }
+        if let Some(pending) = &self.conn.owed.pending {
+            assert_eq!(
+                pending.charge.bytes(),
+                pending.bytes.capacity() + PENDING_OVERHEAD,
+                "the charge is the storage"
+            );
+        }
         if error_before.is_none() {
             if let Some(kind) = self.sim().error.get() {
                 let expected = CloseReason::from_error(&kind.into());
@@ -373,6 +467,9 @@ impl Harness {
         }
         if self.conn.owed() > 0 {
             assert!(sim.full, "stopped writing with room in the send buffer");
+        }
+        if self.conn.send_first {
+            assert!(sim.full, "waits for room the send buffer has");
         }
     }
 
@@ -809,6 +906,10 @@ enum Step {
     Shutdown,
     /// The server polls and handles what is queued.
     Turn,
+    /// Other connections take this many more bytes of the budget.
+    Squeeze(usize),
+    /// Other connections give back everything they hold.
+    Release,
 }
 
 /// Steps that leave the connection healthy.
@@ -845,6 +946,17 @@ fn steps(max: usize) -> impl Strategy<Value = Vec<Step>> {
     })
 }
 
+/// Healthy steps among which other connections take and give back the
+/// budget at random points.
+fn budget_steps(max: usize) -> impl Strategy<Value = Vec<Step>> {
+    let squeezes = prop_oneof![
+        3 => (0usize..=200).prop_map(Step::Squeeze),
+        1 => Just(Step::Squeeze(1 << 40)),
+        2 => Just(Step::Release),
+    ];
+    vec(prop_oneof![6 => step(), 1 => squeezes], 0..=max)
+}
+
 /// Plays `steps`, then has the peer close (first, or after reading) and
 /// read everything: the connection must then finish.
 fn play(h: &mut Harness, steps: &[Step], fin_first: bool, check: &dyn Fn(&Harness)) -> Vec<u8> {
@@ -875,6 +987,8 @@ fn play(h: &mut Harness, steps: &[Step], fin_first: bool, check: &dyn Fn(&Harnes
             }
             Step::Shutdown => {}
             Step::Turn => h.run(),
+            Step::Squeeze(n) => h.squeeze(*n),
+            Step::Release => h.release(),
         }
         check(h);
     }
@@ -935,15 +1049,16 @@ fn check_echo(h: &Harness, limit: usize) {
         .conn
         .interest()
         .expect("a live echo connection always waits for something");
+    let send_first = h.conn.send_first;
     assert_eq!(
         interest.is_writable(),
-        owed > 0,
-        "owed {owed}: {interest:?}"
+        owed > 0 || send_first,
+        "owed {owed}, send first {send_first}: {interest:?}"
     );
     assert_eq!(
         interest.is_readable(),
-        !sim.eof_read && owed < limit,
-        "owed {owed}, limit {limit}, EOF read {}: {interest:?}",
+        !sim.eof_read && owed < limit && !send_first,
+        "owed {owed}, limit {limit}, EOF read {}, send first {send_first}: {interest:?}",
         sim.eof_read
     );
     assert_eq!(h.registered, Some(interest));
@@ -1054,6 +1169,66 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 1024,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Whatever the rest of the server holds, and whenever it takes or
+    /// gives back: no byte lost or reordered, the budget never pushed over
+    /// by this connection (checked on every call), nothing held once the
+    /// connection is gone, and no stall, whether or not the budget is free
+    /// again when the peer finally reads everything.
+    #[test]
+    fn echo_under_a_squeezed_budget_loses_nothing_and_never_stalls(
+        limit in prop_oneof![1usize..=4, 1usize..=64],
+        total in prop_oneof![Just(0usize), 0usize..=300, Just(usize::MAX / 2)],
+        scratch in prop_oneof![Just(SCRATCH), 1usize..=80],
+        room in prop_oneof![Just(0usize), 0usize..=64],
+        steps in budget_steps(80),
+        release_at_end in any::<bool>(),
+        fin_first in any::<bool>(),
+    ) {
+        let mut h = Harness::echo_budgeted(limit, room, total).with_scratch(scratch);
+        let mut steps = steps;
+        if release_at_end {
+            steps.push(Step::Release);
+        }
+        let peer_sent = play(&mut h, &steps, fin_first, &|h| check_echo(h, limit));
+        let sim = h.sim();
+        let reason = h.closed.unwrap_or_else(|| {
+            panic!(
+                "stalled: {} owed, {} unread, EOF read {}, send first {}, registered {:?}, budget {:?}",
+                h.conn.owed(),
+                sim.inbound.len(),
+                sim.eof_read,
+                h.conn.send_first,
+                h.registered,
+                h.budget,
+            )
+        });
+        match (sim.error.get(), reason) {
+            (Some(kind), reason) => {
+                prop_assert_eq!(reason, CloseReason::from_error(&kind.into()));
+            }
+            (None, CloseReason::PeerClosed) => {
+                prop_assert_eq!(&sim.read, &peer_sent);
+                prop_assert_eq!(&sim.written, &peer_sent);
+            }
+            (None, CloseReason::Shutdown) => {
+                prop_assert!(steps.iter().any(|s| matches!(s, Step::Shutdown)));
+                prop_assert_eq!(&sim.written, &sim.read);
+            }
+            (None, reason) => prop_assert!(false, "closed: {reason:?}"),
+        }
+        let others = h.others.as_ref().map_or(0, Charge::bytes);
+        drop(h.conn);
+        prop_assert_eq!(h.budget.used(), others, "the connection gave back all it held");
+    }
+}
+
 /// The first `len` bytes a chargen connection sends.
 fn chargen_stream(len: usize) -> Vec<u8> {
     (0..len).map(|n| crate::chargen::window(n, 1)[0]).collect()
@@ -1137,6 +1312,7 @@ fn time_sends_its_four_bytes_through_one_byte_writes_then_lingers() {
         Sim::with_room(1),
         label(),
         [0xde, 0xad, 0xbe, 0xef],
+        &Budget::new(usize::MAX / 2),
     ));
     for _ in 0..3 {
         h.drain(1);
@@ -1211,4 +1387,129 @@ fn close_when_idle_waits_for_input_a_yield_left_unread() {
     h.run();
     assert_eq!(h.sim().written, input);
     assert_eq!(h.closed, Some(CloseReason::Shutdown));
+}
+
+#[test]
+fn echo_under_a_full_budget_echoes_what_the_socket_takes_and_keeps_nothing() {
+    let mut h = Harness::echo_budgeted(64, 10, 0);
+    let input = binary(25);
+    h.send(&input);
+    h.run();
+    assert_eq!(h.sim().written, &input[..10], "what the socket took");
+    assert_eq!(h.sim().read, &input[..10], "and no more taken from it");
+    assert_eq!(h.sim().inbound.len(), 15, "the rest waits in the kernel");
+    assert_eq!((h.conn.owed(), h.held(), h.budget.used()), (0, 0, 0));
+    assert_eq!(h.registered, Some(Interest::WRITABLE));
+    h.drain(10);
+    h.run();
+    assert_eq!(h.sim().written, &input[..20]);
+    h.drain(100);
+    h.run();
+    assert_eq!(h.sim().written, input);
+    assert_eq!(h.budget.used(), 0);
+    assert_eq!(h.registered, Some(Interest::READABLE));
+    h.send_fin();
+    h.run();
+    assert_eq!(h.closed, Some(CloseReason::PeerClosed));
+}
+
+#[test]
+fn echo_that_owes_stops_reading_while_the_budget_is_full_then_catches_up() {
+    let mut h = Harness::echo_budgeted(64, 5, 1000);
+    h.send(b"twenty bytes of echo");
+    h.run();
+    assert_eq!(h.conn.owed(), 15);
+    assert_eq!(h.budget.used(), 15 + PENDING_OVERHEAD);
+    // Others fill the budget; more input comes.
+    h.squeeze(1000);
+    h.send(b"+ten bytes");
+    h.run();
+    h.stale_event();
+    assert_eq!(h.sim().read.len(), 20, "nothing more read while owing");
+    assert_eq!(h.sim().inbound.len(), 10);
+    assert_eq!(h.registered, Some(Interest::WRITABLE));
+    // The peer reads: the owed bytes go first, then the rest is echoed as
+    // the socket takes it, though the budget is still full.
+    h.drain(100);
+    h.run();
+    assert_eq!(h.sim().written, b"twenty bytes of echo+ten bytes");
+    assert_eq!(h.held(), 0);
+    assert_eq!(
+        h.budget.used(),
+        1000 + 15 + PENDING_OVERHEAD - 15 - PENDING_OVERHEAD
+    );
+}
+
+#[test]
+fn echo_reads_and_keeps_again_once_the_budget_frees() {
+    let mut h = Harness::echo_budgeted(64, 4, 64 + PENDING_OVERHEAD);
+    h.squeeze(64 + PENDING_OVERHEAD);
+    h.send(b"abcdefgh");
+    h.run();
+    assert_eq!(
+        (h.sim().written.as_slice(), h.conn.owed()),
+        (&b"abcd"[..], 0)
+    );
+    h.release();
+    h.drain(4);
+    h.run();
+    assert_eq!(h.sim().written, b"abcdefgh");
+    // With the budget free, a short write leaves bytes owed as usual.
+    h.send(b"ijklmnop");
+    h.run();
+    assert_eq!(h.sim().read, b"abcdefghijklmnop");
+    assert_eq!(h.conn.owed(), 8);
+    assert_eq!(h.budget.used(), 8 + PENDING_OVERHEAD);
+}
+
+#[test]
+fn owed_storage_doubles_only_within_the_budget() {
+    let budget = Budget::new(1 << 20);
+    let mut owed = super::Owed::default();
+    owed.extend(&binary(32), 1024, &budget);
+    assert_eq!(owed.capacity(), 32);
+    owed.extend(&binary(8), 1024, &budget);
+    assert_eq!(owed.capacity(), 64, "doubles while the budget allows");
+    // 30 bytes left: 40 more owed need 80, doubling would take 128.
+    let _others = budget.charge(budget.available() - 30);
+    owed.extend(&binary(40), 1024, &budget);
+    assert_eq!(
+        owed.capacity(),
+        64 + 30,
+        "grows into what is left, no further"
+    );
+    assert_eq!(budget.available(), 0);
+    drop(owed);
+    assert_eq!(budget.used(), (1 << 20) - 64 - PENDING_OVERHEAD - 30);
+}
+
+#[test]
+fn close_when_idle_waits_for_input_held_back_by_the_budget() {
+    let mut h = Harness::echo_budgeted(64, 3, 0);
+    h.send(b"abcdef");
+    h.run();
+    assert_eq!(h.sim().inbound.len(), 3);
+    h.shutdown();
+    assert_eq!(h.closed, None, "input is waiting: not idle");
+    h.drain(3);
+    h.run();
+    assert_eq!(h.sim().written, b"abcdef");
+    assert_eq!(h.closed, Some(CloseReason::Shutdown));
+}
+
+#[test]
+fn daytime_line_is_charged_until_it_is_sent() {
+    let budget = Budget::new(10);
+    let conn = Connection::daytime(Sim::with_room(0), label(), LINE, &budget);
+    assert_eq!(
+        budget.used(),
+        LINE.len() + PENDING_OVERHEAD,
+        "charged over the limit"
+    );
+    let mut h = Harness::with_budget(conn, budget);
+    h.call(false);
+    h.drain(LINE.len());
+    h.run();
+    assert!(h.conn.is_lingering());
+    assert_eq!(h.budget.used(), 0);
 }
