@@ -113,6 +113,7 @@ fn help_names_every_option_and_the_default_ports() {
         "--max-connections",
         "--idle-timeout",
         "--max-pending",
+        "--max-buffered",
         "--shutdown-grace",
         "--daytime-format",
         "--help",
@@ -162,6 +163,52 @@ fn zero_max_connections_is_a_usage_error() {
         &["--max-connections", "0"],
         "minetd: invalid value '0' for '--max-connections <N>': must be at least 1",
     );
+}
+
+#[test]
+fn max_buffered_below_max_pending_is_a_usage_error_naming_both() {
+    assert_usage_error(
+        &["--echo", "127.0.0.1:0", "--max-buffered", "65535"],
+        "minetd: max-buffered 65535 is below max-pending 65536: it must be at least as large",
+    );
+    assert_usage_error(
+        &[
+            "--echo",
+            "127.0.0.1:0",
+            "--max-pending",
+            "4096",
+            "--max-buffered",
+            "4095",
+        ],
+        "minetd: max-buffered 4095 is below max-pending 4096: it must be at least as large",
+    );
+    assert_usage_error(
+        &["--max-buffered", "lots"],
+        "minetd: invalid value 'lots' for '--max-buffered <BYTES>': invalid digit found in string",
+    );
+}
+
+#[test]
+fn max_buffered_left_unset_grows_with_a_large_max_pending() {
+    // 64 MiB per connection is above the 32 MiB default total: unset, the
+    // total follows it rather than refusing to start.
+    let server = Server::start(&["--echo", "127.0.0.1:0", "--max-pending", "67108864"]);
+    let mut stream = connect(server.echo());
+    stream.write_all(b"big pending").expect("write");
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(read_to_eof(&mut stream), b"big pending");
+    let equal = Server::start(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--max-pending",
+        "4096",
+        "--max-buffered",
+        "4096",
+    ]);
+    let mut stream = connect(equal.echo());
+    stream.write_all(b"equal").expect("write");
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(read_to_eof(&mut stream), b"equal");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{STEP, connect, pseudo_random_bytes, read_to_eof};
+use common::{STEP, connect, connect_as_remote_peer, pseudo_random_bytes, read_to_eof};
 use minetd::{BindError, Config, ConfigError, Server, Service, ShutdownHandle};
 
 /// The loop runs on the test's thread, where nothing can interrupt a hung
@@ -205,4 +205,68 @@ fn bind_with_no_service_is_a_config_error() {
         matches!(err, BindError::Config(ConfigError::NoService)),
         "{err:?}"
     );
+}
+
+#[test]
+fn buffered_bytes_stay_within_max_buffered_and_return_to_zero() {
+    const MAX_BUFFERED: usize = 100_000;
+    let _watchdog = Watchdog::arm(6 * STEP, "budget test");
+    let mut server = Server::bind(&Config {
+        max_buffered: MAX_BUFFERED,
+        ..echo_config()
+    })
+    .expect("bind");
+    let addr = server.local_addrs()[0].1;
+    let stop = StopOnDrop(server.shutdown_handle());
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let peers = thread::spawn(move || {
+        // Ten peers that write and never read: the server must hold bytes
+        // for some, and no more than the budget in all.
+        let peers: Vec<TcpStream> = (0..10)
+            .map(|_| {
+                let mut stream = connect_as_remote_peer(addr);
+                stream.set_nonblocking(true).expect("nonblocking");
+                let chunk = [0x42; 16 * 1024];
+                let mut written = 0;
+                while written < 256 * 1024 {
+                    match stream.write(&chunk) {
+                        Ok(n) => written += n,
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(err) => panic!("write: {err}"),
+                    }
+                }
+                stream
+            })
+            .collect();
+        done_tx.send(()).expect("signal");
+        close_rx.recv().expect("wait");
+        drop(peers);
+        let _stop = stop;
+    });
+    let mut most = 0;
+    while done_rx.try_recv().is_err() {
+        server.turn(Some(Duration::from_millis(5))).expect("turn");
+        most = most.max(server.buffered());
+        assert!(
+            server.buffered() <= MAX_BUFFERED,
+            "{} held",
+            server.buffered()
+        );
+    }
+    for _ in 0..20 {
+        server.turn(Some(Duration::from_millis(5))).expect("turn");
+        most = most.max(server.buffered());
+    }
+    assert!(
+        most > MAX_BUFFERED / 2,
+        "the peers never made it hold much: {most}"
+    );
+    close_tx.send(()).expect("signal");
+    server.run().expect("run");
+    peers.join().expect("peers");
+    assert_eq!(server.connections(), 0);
+    assert_eq!(server.buffered(), 0, "every byte given back");
 }

@@ -325,3 +325,64 @@ pub fn output_within(child: Child, limit: Duration) -> Output {
         }
     }
 }
+
+/// The receive buffer asked for on hostile and slow sockets: the server's
+/// echo to them backs up after a few kilobytes, so it has to hold bytes
+/// itself.
+const PEER_RCVBUF: libc::c_int = 4096;
+
+/// The segment size those sockets announce: an Ethernet path's, as peers
+/// from a real network have. Loopback's own (64 KiB) would let the
+/// server's send buffer grow to megabytes per peer, so that a peer would
+/// have to write that much before the server held a byte itself.
+const PEER_MSS: libc::c_int = 1460;
+
+/// A connection with a small receive buffer and an Ethernet segment size,
+/// both set before the handshake so that the server sees them: a peer
+/// whose echo backs up the way a remote one's does. No timeouts set.
+pub fn connect_as_remote_peer(addr: SocketAddr) -> TcpStream {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: a new socket we own; setsockopt with a correctly sized int.
+    let stream = unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        for (level, option, value) in [
+            (libc::SOL_SOCKET, libc::SO_RCVBUF, PEER_RCVBUF),
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG, PEER_MSS),
+        ] {
+            let rc = libc::setsockopt(
+                fd,
+                level,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+        }
+        <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    let remote = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connect with a sockaddr_in of its exact size.
+    let rc = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            (&remote as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    stream
+}
