@@ -490,47 +490,22 @@ impl<S: Stream> Connection<S> {
                 break;
             }
             io_left -= 1;
-            let (n, queued) = if may_keep {
-                match self.stream.read_and_tell(&mut scratch[..want]) {
-                    Ok((0, _)) => (0, None),
-                    Ok((n, queued)) => {
-                        self.bytes_in += n as u64;
-                        trace!("{} read {n}", self.label);
-                        let chunk = &scratch[..n];
-                        // Echo straight from the shared buffer; only what a
-                        // short write leaves behind is copied into `owed`.
-                        let sent = if writable && self.owed.is_empty() {
-                            let (sent, blocked) = self.write_some(chunk)?;
-                            writable = !blocked;
-                            sent
-                        } else {
-                            0
-                        };
-                        self.owed.extend(&chunk[sent..], self.limit(), budget);
-                        (n, queued)
-                    }
-                    Err(err) if would_block(&err) => {
-                        readable = false;
-                        continue;
-                    }
-                    Err(err) if interrupted(&err) => continue,
-                    Err(err) => return Err(err),
-                }
+            let outcome = if may_keep {
+                self.read_and_echo(&mut scratch[..want], &mut writable, budget)?
             } else {
-                match self.echo_what_the_socket_takes(&mut scratch[..want])? {
-                    Some((n, blocked)) => {
+                self.echo_what_the_socket_takes(&mut scratch[..want])?
+                    .map(|(n, blocked)| {
                         if blocked {
                             writable = false;
                             self.send_first = true;
                             readable = false;
                         }
                         (n, None)
-                    }
-                    None => {
-                        readable = false;
-                        continue;
-                    }
-                }
+                    })
+            };
+            let Some((n, queued)) = outcome else {
+                readable = false;
+                continue;
             };
             if n == 0 {
                 trace!("{} read EOF", self.label);
@@ -551,6 +526,41 @@ impl<S: Stream> Connection<S> {
             return Ok(Some(CloseReason::Shutdown));
         }
         Ok(None)
+    }
+
+    /// Reads up to `buf.len()` bytes and echoes them straight from `buf`
+    /// while `writable`; only what a short write leaves is kept in `owed`.
+    /// `Some((read, queued))` as [`Stream::read_and_tell`] says, with 0 at
+    /// the peer's FIN; `None` when nothing is queued.
+    fn read_and_echo(
+        &mut self,
+        buf: &mut [u8],
+        writable: &mut bool,
+        budget: &Budget,
+    ) -> io::Result<Option<(usize, Option<bool>)>> {
+        let (n, queued) = loop {
+            match self.stream.read_and_tell(buf) {
+                Ok(read) => break read,
+                Err(err) if would_block(&err) => return Ok(None),
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        };
+        if n == 0 {
+            return Ok(Some((0, queued)));
+        }
+        self.bytes_in += n as u64;
+        trace!("{} read {n}", self.label);
+        let chunk = &buf[..n];
+        let sent = if *writable && self.owed.is_empty() {
+            let (sent, blocked) = self.write_some(chunk)?;
+            *writable = !blocked;
+            sent
+        } else {
+            0
+        };
+        self.owed.extend(&chunk[sent..], self.limit(), budget);
+        Ok(Some((n, queued)))
     }
 
     /// Peeks at up to `buf.len()` queued bytes, writes them, and takes from

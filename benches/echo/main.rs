@@ -28,7 +28,8 @@
 //! - `MINETD_BENCH_WARMUP` (0.5): seconds of load before measuring
 //! - `MINETD_BENCH_PAIRS` (3): runs of each server per cell
 //! - `MINETD_BENCH_CELLS` (`64x100,64x1000,64x10000,512x100,512x1000,512x10000,64Kx16`)
-//! - `MINETD_BENCH_SERVERS` (`minetd,epoll,tokio:16K,tokio:64K`)
+//! - `MINETD_BENCH_SERVERS` (`minetd,epoll,tokio:16K,tokio:64K`); `minetd:PATH`
+//!   adds another minetd binary, an earlier build say, as a reference
 //! - `MINETD_BENCH_SYSCALLS` (`auto`: perf if it works, else strace if
 //!   found; or `perf`, `strace`, `0`) and `MINETD_BENCH_SYSCALLS_SECS` (1)
 //!

@@ -6,29 +6,33 @@ use std::fmt;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 /// A server under test.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     Minetd,
+    /// Another minetd binary (an earlier build, say), as a reference.
+    MinetdAt(PathBuf),
     Epoll,
     /// tokio with this many bytes of buffer per connection.
     Tokio(usize),
 }
 
 impl Kind {
-    /// `minetd`, `epoll`, `tokio:16384` (also `tokio:16K`).
+    /// `minetd`, `minetd:PATH`, `epoll`, `tokio:16384` (also `tokio:16K`).
     pub fn parse(text: &str) -> Result<Kind, String> {
         match text.split_once(':') {
             None if text == "minetd" => Ok(Kind::Minetd),
             None if text == "epoll" => Ok(Kind::Epoll),
+            Some(("minetd", path)) if !path.is_empty() => Ok(Kind::MinetdAt(path.into())),
             Some(("tokio", size)) => parse_size(size)
                 .filter(|&size| size > 0)
                 .map(Kind::Tokio)
                 .ok_or_else(|| format!("bad tokio buffer size {size:?}")),
             _ => Err(format!(
-                "unknown server {text:?} (minetd, epoll or tokio:SIZE)"
+                "unknown server {text:?} (minetd, minetd:PATH, epoll or tokio:SIZE)"
             )),
         }
     }
@@ -38,6 +42,19 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Kind::Minetd => f.write_str("minetd"),
+            // Short enough for a table column: the file name, or its folder
+            // when that is just `minetd`.
+            Kind::MinetdAt(path) => {
+                let name = path.file_name().unwrap_or_default();
+                let name = if name == "minetd" {
+                    path.parent()
+                        .and_then(|dir| dir.file_name())
+                        .unwrap_or(name)
+                } else {
+                    name
+                };
+                write!(f, "minetd@{}", name.to_string_lossy())
+            }
             Kind::Epoll => f.write_str("epoll"),
             Kind::Tokio(size) if size % 1024 == 0 => write!(f, "tokio-{}K", size / 1024),
             Kind::Tokio(size) => write!(f, "tokio-{size}"),
@@ -68,8 +85,12 @@ impl Server {
     /// waits for its `listening echo ADDR` line.
     pub fn start(kind: &Kind, cpu: Option<usize>) -> io::Result<Server> {
         let mut command = match kind {
-            Kind::Minetd => {
-                let mut command = Command::new(env!("CARGO_BIN_EXE_minetd"));
+            Kind::Minetd | Kind::MinetdAt(_) => {
+                let binary = match kind {
+                    Kind::MinetdAt(path) => path.clone(),
+                    _ => PathBuf::from(env!("CARGO_BIN_EXE_minetd")),
+                };
+                let mut command = Command::new(binary);
                 command
                     .args(["--echo", "127.0.0.1:0"])
                     .args(["--max-connections", "20000"])
