@@ -16,6 +16,7 @@
 //! - [`chargen`]: the character generator's pattern.
 //! - [`budget`]: the bytes held for all connections together, within
 //!   `max_buffered` ([`Budget`]).
+//! - [`proxy`]: the PROXY protocol header a trusted balancer sends first.
 //! - [`stats`]: the counters the server keeps per service ([`Stats`]).
 //!
 //! The library starts no threads, installs no signal handlers and leaves
@@ -42,6 +43,7 @@ pub mod chargen;
 pub mod config;
 pub mod conn;
 pub mod daytime;
+pub mod proxy;
 pub mod server;
 pub mod stats;
 mod sys;
