@@ -198,6 +198,10 @@ pub struct Config {
     pub allow: Vec<Cidr>,
     /// Open connections from one IP address at most; `None` = no limit.
     pub per_source: Option<usize>,
+    /// Trusted load balancers: a TCP connection from a peer in any of these
+    /// must begin with a PROXY protocol header (v1 or v2), whose source is
+    /// then the peer for `allow`, `per_source` and the logs.
+    pub proxy_protocol: Vec<Cidr>,
     /// How often to log a line of counters; `None` = never.
     pub stats_interval: Option<Duration>,
     /// Open client connections at most; past it a new connection is
@@ -235,6 +239,7 @@ impl Default for Config {
             udp_time: Vec::new(),
             allow: Vec::new(),
             per_source: None,
+            proxy_protocol: Vec::new(),
             stats_interval: None,
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),

@@ -14,6 +14,7 @@ use mio::Interest;
 
 use crate::budget::{Budget, Charge};
 use crate::chargen;
+use crate::proxy::ProxyError;
 
 /// Bytes of pattern offered to one chargen `write`: the longest window the
 /// static pattern has, about as much as one echo read (62 of 64 KiB).
@@ -99,6 +100,13 @@ pub enum CloseReason {
     LingerTimeout,
     /// The server shut down.
     Shutdown,
+    /// Refused once its PROXY header named a peer that `--allow` or
+    /// `--per-source` turns away.
+    Refused,
+    /// Its PROXY header is malformed, oversized or missing.
+    BadProxyHeader(ProxyError),
+    /// No complete PROXY header within the time allowed after accept.
+    ProxyHeaderTimeout,
     /// Any other I/O error on this connection.
     Error(io::ErrorKind),
 }
@@ -123,6 +131,9 @@ impl fmt::Display for CloseReason {
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::LingerTimeout => f.write_str("linger timeout"),
             CloseReason::Shutdown => f.write_str("shutdown"),
+            CloseReason::Refused => f.write_str("refused"),
+            CloseReason::BadProxyHeader(err) => write!(f, "{err}"),
+            CloseReason::ProxyHeaderTimeout => f.write_str("no PROXY header in time"),
             CloseReason::Error(kind) => write!(f, "error: {kind}"),
         }
     }
@@ -354,6 +365,11 @@ impl<S: Stream> Connection<S> {
     /// `conn {token} {peer}`.
     pub fn label(&self) -> Label {
         self.label
+    }
+
+    /// Names the peer a PROXY header carried, for the logs from now on.
+    pub fn set_peer(&mut self, peer: SocketAddr) {
+        self.label.peer = peer;
     }
 
     /// Bytes read from the peer so far.

@@ -59,6 +59,8 @@ pub enum ProxyError {
     V2TooLong,
     /// A version 2 length too short for the address family it announces.
     V2TooShort,
+    /// The connection ended before a whole header.
+    Missing,
 }
 
 impl fmt::Display for ProxyError {
@@ -70,6 +72,7 @@ impl fmt::Display for ProxyError {
             ProxyError::V2Malformed => "malformed PROXY v2 header",
             ProxyError::V2TooLong => "PROXY v2 header over 536 bytes",
             ProxyError::V2TooShort => "PROXY v2 length too short for its address family",
+            ProxyError::Missing => "closed before a whole PROXY header",
         })
     }
 }

@@ -32,6 +32,8 @@ use crate::stats::Stats;
 use crate::sys;
 use crate::udp::{Answerer, NEVER_ANSWER_PORTS};
 
+mod relay;
+
 /// Wakes the loop for [`ShutdownHandle::shutdown`].
 const WAKER: Token = Token(usize::MAX);
 /// An embedder's own source, registered with [`Server::register_external`].
@@ -66,6 +68,10 @@ const DAYTIME_LINGER: Duration = Duration::from_secs(2);
 /// rebuilt; small enough to be noise in memory, large enough that rebuilds
 /// are rare.
 const STALE_TIMERS_KEPT: usize = 1024;
+/// How long a connection from a trusted balancer may take to send its
+/// whole PROXY header, from the accept: a deadline, not an idle timer, so
+/// a header sent a byte at a time cannot hold a connection for longer.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Warnings about limits repeat at most this often.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -203,6 +209,9 @@ struct Core {
     budget_warning: RateLimit,
     /// Open connections per peer address, kept only with a per-source limit.
     per_source: Option<HashMap<IpAddr, u32>>,
+    /// The balancer each connection relayed by a PROXY header came through,
+    /// for the logs; only such connections have an entry.
+    via: HashMap<usize, SocketAddr>,
     stats: Stats,
     /// When the next stats line is due, with `--stats-interval`.
     next_stats: Option<Instant>,
@@ -218,6 +227,8 @@ struct Limits {
     allow: Vec<Cidr>,
     per_source: Option<usize>,
     stats_interval: Option<Duration>,
+    /// Balancers whose connections begin with a PROXY header.
+    proxy_protocol: Vec<Cidr>,
 }
 
 enum Socket {
@@ -261,24 +272,41 @@ struct Entry {
     id: u32,
     /// What it is registered for; `None` = not registered.
     registered: Option<Interest>,
-    /// Its answer is sent and it waits for the peer to close; from then on
-    /// `since` is when the linger began, and traffic no longer moves it.
-    lingering: bool,
-    /// When it last moved a byte (or began to linger): its deadlines count
-    /// from here.
+    stage: Stage,
+    /// When it last moved a byte (or was accepted, or began to linger):
+    /// its deadlines count from here.
     since: Tick,
     /// The deadline of this connection's live entry in the timer heap.
     armed: Option<Tick>,
+}
+
+/// Where a connection is in its life, for its deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// From a trusted balancer, its PROXY header not yet read; `since` is
+    /// the accept and stays so until the header is in.
+    AwaitingHeader,
+    Serving,
+    /// Its answer is sent and it waits for the peer to close; from then on
+    /// `since` is when the linger began, and traffic no longer moves it.
+    Lingering,
 }
 
 impl Entry {
     /// The next deadline of this connection and what happens then.
     fn due(&self, idle_timeout: Option<Duration>) -> Option<(Tick, CloseReason)> {
         let idle = idle_timeout.map(|t| (self.since.after(t), CloseReason::IdleTimeout));
-        if !self.lingering {
-            return idle;
-        }
-        let linger = (self.since.after(DAYTIME_LINGER), CloseReason::LingerTimeout);
+        let (at, reason) = match self.stage {
+            Stage::Serving => return idle,
+            Stage::AwaitingHeader => {
+                return Some((
+                    self.since.after(PROXY_HEADER_TIMEOUT),
+                    CloseReason::ProxyHeaderTimeout,
+                ));
+            }
+            Stage::Lingering => (self.since.after(DAYTIME_LINGER), CloseReason::LingerTimeout),
+        };
+        let linger = (at, reason);
         Some(match idle {
             Some(idle) if idle.0 < linger.0 => idle,
             _ => linger,
@@ -353,6 +381,31 @@ impl RateLimit {
     }
 }
 
+/// A connection's log prefix: `conn {token} {peer}`, and ` via
+/// {balancer}` when a PROXY header named the peer.
+struct Tag {
+    label: Label,
+    via: Option<SocketAddr>,
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.via {
+            Some(via) => write!(f, "{} via {via}", self.label),
+            None => write!(f, "{}", self.label),
+        }
+    }
+}
+
+/// `conn - {peer}`: a connection refused before it got a token.
+struct Unlabelled(SocketAddr);
+
+impl fmt::Display for Unlabelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn - {}", self.0)
+    }
+}
+
 impl Server {
     /// Validates `config`, binds every listener and registers it with a new
     /// poll. Nothing is accepted until [`run`](Server::run) or
@@ -418,6 +471,7 @@ impl Server {
                 allow: config.allow.clone(),
                 per_source: config.per_source,
                 stats_interval: config.stats_interval,
+                proxy_protocol: config.proxy_protocol.clone(),
             },
             next_id: 0,
             clock: Clock { epoch: started },
@@ -428,6 +482,7 @@ impl Server {
             descriptor_warning: RateLimit::default(),
             budget_warning: RateLimit::default(),
             per_source: config.per_source.map(|_| HashMap::new()),
+            via: HashMap::new(),
             stats: Stats::new(served),
             next_stats: config.stats_interval.map(|every| started + every),
             answerer: Answerer::new(config.daytime_format, seed_from(started)),
@@ -608,6 +663,10 @@ impl Core {
                 },
             );
         }
+        if entry.stage == Stage::AwaitingHeader {
+            self.read_header(registry, key, event.is_read_closed(), now);
+            return;
+        }
         let outcome = self.run_conn(key, event.is_read_closed(), now);
         self.settle(registry, key, outcome, now);
     }
@@ -623,7 +682,7 @@ impl Core {
         let read = entry.conn.bytes_in() - bytes_in;
         let written = entry.conn.bytes_out() - bytes_out;
         if read + written != 0 {
-            if !entry.lingering {
+            if entry.stage == Stage::Serving {
                 entry.since = self.clock.tick(now);
             }
             let counters = self.stats.get_mut(entry.service);
@@ -647,8 +706,8 @@ impl Core {
             return;
         }
         let entry = &mut self.conns[key];
-        if entry.conn.is_lingering() && !entry.lingering {
-            entry.lingering = true;
+        if entry.conn.is_lingering() && entry.stage != Stage::Lingering {
+            entry.stage = Stage::Lingering;
             entry.since = self.clock.tick(now);
             self.arm(key);
         }
@@ -791,7 +850,10 @@ impl Core {
         }
     }
 
-    /// Starts serving an accepted connection, or refuses it.
+    /// Starts serving an accepted connection, or refuses it. One from a
+    /// trusted balancer waits for its PROXY header first: `--allow` and
+    /// `--per-source` judge the peer the header names, so only the
+    /// connection limit applies before it.
     fn admit(
         &mut self,
         registry: &Registry,
@@ -800,12 +862,22 @@ impl Core {
         service: Service,
         now: Instant,
     ) {
-        if let Some(refusal) = self.refusal(peer.ip()) {
+        let relayed = self
+            .limits
+            .proxy_protocol
+            .iter()
+            .any(|block| block.contains(peer.ip()));
+        let refusal = if relayed {
+            self.capacity_refusal()
+        } else {
+            self.refusal(peer.ip())
+        };
+        if let Some(refusal) = refusal {
             self.refuse(stream, peer, service, refusal, now);
             return;
         }
-        if let Some(counts) = &mut self.per_source {
-            *counts.entry(peer.ip()).or_default() += 1;
+        if !relayed {
+            self.count_source(peer.ip());
         }
         // Echo answers at once with whatever it has; Nagle would hold a small
         // reply back behind an unacknowledged one.
@@ -839,19 +911,42 @@ impl Core {
             service,
             id: self.next_id,
             registered: None,
-            lingering: false,
+            stage: if relayed {
+                Stage::AwaitingHeader
+            } else {
+                Stage::Serving
+            },
             since: self.clock.tick(now),
             armed: None,
         });
-        let counters = self.stats.get_mut(service);
-        counters.accepted += 1;
-        counters.open += 1;
-        debug!("{label} accepted {service}");
-        // Echo and discard wait: registering reports input that arrived with
-        // the connection. The rest have bytes to send now.
-        let outcome = match service {
-            Service::Echo | Service::Discard => None,
-            _ => self.run_conn(key, false, now),
+        self.stats.get_mut(service).open += 1;
+        if relayed {
+            self.await_header(registry, key);
+        } else {
+            // Echo and discard wait: registering reports input that arrived
+            // with the connection. The rest have bytes to send now.
+            let run_now = !matches!(service, Service::Echo | Service::Discard);
+            self.start(registry, key, run_now, false, now);
+        }
+    }
+
+    /// Counts an admitted connection as accepted and serves it: at once if
+    /// `run_now` (with `read_closed` from the event that brought it).
+    fn start(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        run_now: bool,
+        read_closed: bool,
+        now: Instant,
+    ) {
+        let service = self.conns[key].service;
+        self.stats.get_mut(service).accepted += 1;
+        debug!("{} accepted {service}", self.tag(key));
+        let outcome = if run_now {
+            self.run_conn(key, read_closed, now)
+        } else {
+            None
         };
         self.settle(registry, key, outcome, now);
         if self.conns.contains(key) {
@@ -859,17 +954,41 @@ impl Core {
         }
     }
 
+    /// `conn {token} {peer}`, with ` via {balancer}` for a relayed one.
+    fn tag(&self, key: usize) -> Tag {
+        Tag {
+            label: self.conns[key].conn.label(),
+            via: self.via.get(&key).copied(),
+        }
+    }
+
+    fn count_source(&mut self, ip: IpAddr) {
+        if let Some(counts) = &mut self.per_source {
+            *counts.entry(ip).or_default() += 1;
+        }
+    }
+
+    /// Whether the connection limit turns a new connection away.
+    fn capacity_refusal(&self) -> Option<Refusal> {
+        (self.conns.len() >= self.limits.max_connections).then_some(Refusal::MaxConnections)
+    }
+
+    /// Why a peer at `ip` may not be served: `--allow` and `--per-source`.
+    fn source_refusal(&self, ip: IpAddr) -> Option<Refusal> {
+        if !allowed(&self.limits.allow, ip) {
+            return Some(Refusal::NotAllowed);
+        }
+        let limit = self.limits.per_source?;
+        let open = self.per_source.as_ref()?.get(&ip).copied().unwrap_or(0);
+        (open as usize >= limit).then_some(Refusal::PerSource)
+    }
+
     /// Why a connection from `ip` must be refused now, if it must.
     fn refusal(&self, ip: IpAddr) -> Option<Refusal> {
         if !allowed(&self.limits.allow, ip) {
             return Some(Refusal::NotAllowed);
         }
-        if self.conns.len() >= self.limits.max_connections {
-            return Some(Refusal::MaxConnections);
-        }
-        let limit = self.limits.per_source?;
-        let open = self.per_source.as_ref()?.get(&ip).copied().unwrap_or(0);
-        (open as usize >= limit).then_some(Refusal::PerSource)
+        self.capacity_refusal().or_else(|| self.source_refusal(ip))
     }
 
     /// Accepts and closes at once, so the client sees EOF rather than a
@@ -886,15 +1005,28 @@ impl Core {
         // instead of the EOF (PITFALLS 11): read what has arrived first.
         let _ = stream.read(&mut self.scratch);
         let _ = stream.shutdown(Shutdown::Write);
+        self.note_refusal(&Unlabelled(peer), peer.ip(), service, refusal, now);
+    }
+
+    /// Counts and logs a refusal: debug for each, a rate-limited warning
+    /// for resource limits.
+    fn note_refusal(
+        &mut self,
+        who: &dyn fmt::Display,
+        ip: IpAddr,
+        service: Service,
+        refusal: Refusal,
+        now: Instant,
+    ) {
         self.stats.get_mut(service).refused += 1;
         let open = self.conns.len();
         match refusal {
             // Not a resource limit: nothing to warn an operator about.
             Refusal::NotAllowed => {
-                debug!("conn - {peer} refused {service}: not in --allow");
+                debug!("{who} refused {service}: not in --allow");
             }
             Refusal::MaxConnections => {
-                debug!("conn - {peer} refused {service}: {open} open (max-connections)");
+                debug!("{who} refused {service}: {open} open (max-connections)");
                 if let Some(held_back) = self.refusal_warning.allow(now) {
                     warn!(
                         "refusing connections: {open} open (max-connections){}",
@@ -903,8 +1035,7 @@ impl Core {
                 }
             }
             Refusal::PerSource => {
-                let ip = peer.ip();
-                debug!("conn - {peer} refused {service}: {ip} has its most open (per-source)");
+                debug!("{who} refused {service}: {ip} has its most open (per-source)");
                 if let Some(held_back) = self.refusal_warning.allow(now) {
                     warn!(
                         "refusing connections from {ip}: per-source limit reached{}",
@@ -918,9 +1049,18 @@ impl Core {
     /// Closes one connection; dropping the stream closes the descriptor,
     /// which also takes it out of the epoll set.
     fn close(&mut self, key: usize, reason: CloseReason) {
-        let entry = self.conns.remove(key);
+        let tag = self.tag(key);
+        self.via.remove(&key);
+        let mut entry = self.conns.remove(key);
+        if entry.stage == Stage::AwaitingHeader {
+            // Its header bytes wait unread, and closing over unread input
+            // sends a reset: take them, so the balancer sees a plain EOF.
+            let _ = entry.conn.stream_mut().read(&mut self.scratch);
+        }
         self.stats.get_mut(entry.service).open -= 1;
-        if let Some(counts) = &mut self.per_source {
+        // Counted by source only once its source is known.
+        let counted = entry.stage != Stage::AwaitingHeader;
+        if let Some(counts) = self.per_source.as_mut().filter(|_| counted) {
             let ip = entry.conn.label().peer.ip();
             if let Some(open) = counts.get_mut(&ip) {
                 *open -= 1;
@@ -930,8 +1070,7 @@ impl Core {
             }
         }
         debug!(
-            "{} closed: {reason}, in {} out {}",
-            entry.conn.label(),
+            "{tag} closed: {reason}, in {} out {}",
             entry.conn.bytes_in(),
             entry.conn.bytes_out()
         );
@@ -1048,6 +1187,11 @@ impl Core {
         // close as their events show them idle, or when the grace ends.
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
+            // Its header not read, it has been sent nothing and owes nothing.
+            if self.conns[key].stage == Stage::AwaitingHeader {
+                self.close(key, CloseReason::Shutdown);
+                continue;
+            }
             self.conns[key].conn.close_when_idle();
             let outcome = self.run_conn(key, false, now);
             self.settle(registry, key, outcome, now);

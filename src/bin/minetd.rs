@@ -76,6 +76,12 @@ struct Args {
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     allow: Vec<Cidr>,
 
+    /// Trust CIDR as a load balancer: its TCP connections must begin with a PROXY
+    /// protocol header (v1 or v2), whose client address is then the peer for
+    /// --allow, --per-source and logs; repeatable [default: none]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    proxy_protocol: Vec<Cidr>,
+
     /// Open connections from one IP address at most [default: no limit]
     #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
     per_source: Option<usize>,
@@ -145,6 +151,7 @@ fn main() -> ExitCode {
     let mut config = Config {
         allow: args.allow.clone(),
         per_source: args.per_source,
+        proxy_protocol: args.proxy_protocol.clone(),
         stats_interval: args
             .stats_interval
             .map(|secs| Duration::from_secs(secs as u64)),
