@@ -27,6 +27,7 @@ use slab::Slab;
 use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 use crate::conn::{CloseReason, Connection, Label, interrupted, would_block};
 use crate::daytime;
+use crate::listen::{HeldListener, HeldProblem};
 use crate::stats::Stats;
 use crate::sys;
 use crate::udp::{Answerer, NEVER_ANSWER_PORTS};
@@ -84,6 +85,15 @@ pub enum BindError {
     },
     /// The poll or its waker could not be created.
     Poll(io::Error),
+    /// A listener given to [`Server::bind_with`] cannot be served.
+    Held {
+        /// Its position in the list given.
+        index: usize,
+        /// The service it was for.
+        service: Service,
+        /// What is wrong with it.
+        problem: HeldProblem,
+    },
 }
 
 impl fmt::Display for BindError {
@@ -96,6 +106,11 @@ impl fmt::Display for BindError {
                 source,
             } => write!(f, "cannot listen on {addr} for {service}: {source}"),
             BindError::Poll(err) => write!(f, "cannot create the event loop: {err}"),
+            BindError::Held {
+                index,
+                service,
+                problem,
+            } => write!(f, "held listener {index} for {service} {problem}"),
         }
     }
 }
@@ -106,6 +121,11 @@ impl std::error::Error for BindError {
             BindError::Config(err) => Some(err),
             BindError::Listen { source, .. } => Some(source),
             BindError::Poll(err) => Some(err),
+            BindError::Held {
+                problem: HeldProblem::Io(err),
+                ..
+            } => Some(err),
+            BindError::Held { .. } => None,
         }
     }
 }
@@ -156,6 +176,10 @@ pub struct Turn {
     pub external_ready: bool,
     /// Shutdown has finished: every listener and connection is closed.
     pub finished: bool,
+    /// This turn logged the `stats:` line (with
+    /// [`Config::stats_interval`]); [`Server::stats`] returns what it showed,
+    /// so the embedder can pass it on (to a service manager, say).
+    pub stats_logged: bool,
 }
 
 /// The server: every listener and connection on one `mio::Poll`, driven by
@@ -354,39 +378,69 @@ impl Server {
     /// poll. Nothing is accepted until [`run`](Server::run) or
     /// [`turn`](Server::turn).
     pub fn bind(config: &Config) -> Result<Server, BindError> {
-        config.validate()?;
+        Server::bind_with(config, Vec::new())
+    }
+
+    /// Like [`bind`](Server::bind), and serves the listeners in `held` as
+    /// well: sockets the embedder already holds, each with the service it
+    /// is for (from a parent process or a service manager, say). They come
+    /// first in [`local_addrs`](Server::local_addrs), in the order given.
+    /// With any held listener, `config` may name no address at all.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use minetd::{Config, HeldListener, Server, Service};
+    ///
+    /// let inherited = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = inherited.local_addr()?;
+    /// let mut server = Server::bind_with(
+    ///     &Config::default(), // no address: the held listener is all it serves
+    ///     vec![HeldListener::Tcp(Service::Echo, inherited)],
+    /// )?;
+    /// assert_eq!(server.local_addrs(), [(Service::Echo, addr)]);
+    /// let stop = server.shutdown_handle();
+    /// std::thread::spawn(move || stop.shutdown());
+    /// server.run()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn bind_with(config: &Config, held: Vec<HeldListener>) -> Result<Server, BindError> {
+        if held.is_empty() {
+            config.validate()?;
+        } else {
+            config.validate_limits()?;
+        }
         let poll = Poll::new().map_err(BindError::Poll)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(BindError::Poll)?;
         let mut listeners = Vec::new();
-        for (index, (service, addr)) in config.listeners().enumerate() {
+        for (index, held) in held.into_iter().enumerate() {
+            let service = held.service();
+            let held_error = |problem| BindError::Held {
+                index,
+                service,
+                problem,
+            };
+            held.check().map_err(held_error)?;
+            let socket = match held {
+                HeldListener::Tcp(_, listener) => Socket::Tcp(TcpListener::from_std(listener)),
+                HeldListener::Udp(_, socket) => Socket::Udp(UdpSocket::from_std(socket)),
+            };
+            let listener = register_listener(&poll, socket, service, listeners.len());
+            listeners.push(listener.map_err(|err| held_error(HeldProblem::Io(err)))?);
+        }
+        for (service, addr) in config.listeners() {
             let listen_error = |source| BindError::Listen {
                 service,
                 addr,
                 source,
             };
-            let mut socket = if service.is_udp() {
+            let socket = if service.is_udp() {
                 Socket::Udp(UdpSocket::bind(addr).map_err(listen_error)?)
             } else {
                 Socket::Tcp(listen(addr).map_err(listen_error)?)
             };
-            let local = match &socket {
-                Socket::Tcp(listener) => listener.local_addr(),
-                Socket::Udp(socket) => socket.local_addr(),
-            }
-            .map_err(listen_error)?;
-            poll.registry()
-                .register(
-                    socket.source(),
-                    Token(LISTENER_BASE + index),
-                    Interest::READABLE,
-                )
-                .map_err(listen_error)?;
-            listeners.push(Listener {
-                socket,
-                service,
-                addr: local,
-                ready: false,
-            });
+            let listener = register_listener(&poll, socket, service, listeners.len());
+            listeners.push(listener.map_err(listen_error)?);
         }
         // Only once every listener is bound: a later failure must not leave
         // a log line announcing a listener that never served.
@@ -433,8 +487,10 @@ impl Server {
         })
     }
 
-    /// The bound address of every listener, echo first, in configuration
-    /// order. Port 0 in the configuration shows here as the port chosen.
+    /// The bound address of every listener: the held ones first, as given
+    /// to [`bind_with`](Server::bind_with), then the configured ones, echo
+    /// first, in configuration order. Port 0 in the configuration shows
+    /// here as the port chosen.
     pub fn local_addrs(&self) -> Vec<(Service, SocketAddr)> {
         self.core
             .listeners
@@ -519,7 +575,7 @@ impl Server {
         self.core.check_shutdown(registry, now);
         self.core.accept_ready(registry, now);
         self.core.expire_timers(now);
-        self.core.log_stats(now);
+        turn.stats_logged = self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
         Ok(turn)
     }
@@ -1034,13 +1090,14 @@ impl Core {
         }
     }
 
-    /// Logs the counters when `--stats-interval` says it is time.
-    fn log_stats(&mut self, now: Instant) {
+    /// Logs the counters when `--stats-interval` says it is time; says
+    /// whether it did.
+    fn log_stats(&mut self, now: Instant) -> bool {
         let (Some(due), Some(every)) = (self.next_stats, self.limits.stats_interval) else {
-            return;
+            return false;
         };
         if now < due {
-            return;
+            return false;
         }
         info!("stats: {}", self.stats);
         // Skip intervals the loop slept through rather than log a burst.
@@ -1049,6 +1106,7 @@ impl Core {
             next += every;
         }
         self.next_stats = Some(next);
+        true
     }
 
     fn close_everything(&mut self) {
@@ -1087,6 +1145,30 @@ fn held_back_note(held_back: u64) -> String {
     } else {
         format!(" ({held_back} more since the last warning)")
     }
+}
+
+/// Registers listener number `index` with the poll and learns its address.
+fn register_listener(
+    poll: &Poll,
+    mut socket: Socket,
+    service: Service,
+    index: usize,
+) -> io::Result<Listener> {
+    let addr = match &socket {
+        Socket::Tcp(listener) => listener.local_addr(),
+        Socket::Udp(socket) => socket.local_addr(),
+    }?;
+    poll.registry().register(
+        socket.source(),
+        Token(LISTENER_BASE + index),
+        Interest::READABLE,
+    )?;
+    Ok(Listener {
+        socket,
+        service,
+        addr,
+        ready: false,
+    })
 }
 
 /// Binds a listener with a backlog deep enough for a connection ramp.
