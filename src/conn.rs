@@ -400,7 +400,7 @@ impl<S: Stream> Connection<S> {
             if !readable || room == 0 {
                 // At the cap the peer's bytes wait in the kernel; once a
                 // flush makes room, the loop above reads them at once, as a
-                // paused reader gets no new edge (PITFALLS 2).
+                // paused reader gets no new edge (mio is edge-triggered).
                 break;
             }
             if budget == 0 {

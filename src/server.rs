@@ -6,7 +6,8 @@
 //! still ready, start or finish a shutdown, and expire deadlines. Accepting
 //! after the events means a key freed by a close in this batch cannot be
 //! handed to a new connection while stale events for it are still being
-//! read (PITFALLS 7).
+//! read (mio returns events for a token even after its source closed in
+//! the same batch, and slab reuses the freed key first: tokio-rs/mio#219).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -50,14 +51,16 @@ const EVENTS_PER_TURN: usize = 1024;
 const DATAGRAMS_PER_TURN: usize = 256;
 /// Accepts per listener per turn: enough to ramp 10,000 connections quickly,
 /// few enough that a connect flood cannot starve established peers
-/// (PITFALLS 6). A listener still ready after its share is retried next turn.
+/// (Redis takes 10 per cycle; envoyproxy/envoy#27773). A listener still
+/// ready after its share is retried next turn.
 const ACCEPTS_PER_TURN: usize = 256;
 /// The accept queue length asked of the kernel (capped by somaxconn). mio
 /// and std ask for 128, and a 10,000-connection ramp then stalls on SYN
-/// retransmits (PITFALLS 9).
+/// retransmits: Linux drops SYNs while the accept queue is full.
 const LISTEN_BACKLOG: libc::c_int = 4096;
 /// How long accepting pauses after running out of descriptors, unless a
-/// connection closes sooner (nginx waits 500 ms; PITFALLS 5).
+/// connection closes sooner (nginx waits 500 ms). Linux leaves the
+/// connection queued on EMFILE and, with the edge spent, never reports it.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a daytime connection waits, after its line, for the client to
 /// close before we close anyway.
@@ -160,7 +163,8 @@ impl ShutdownHandle {
     /// again does nothing more.
     pub fn shutdown(&self) {
         // The flag is the truth: wakes coalesce, so the loop reads the flag
-        // after every poll rather than counting wakes (PITFALLS 8).
+        // after every poll rather than counting wakes (mio's Waker is one
+        // eventfd counter, shared behind an Arc: tokio-rs/mio#1764).
         self.requested.store(true, Ordering::Release);
         // The eventfd can only refuse a wake when its counter is saturated,
         // which means wakes are already pending.
@@ -919,7 +923,8 @@ impl Core {
         now: Instant,
     ) {
         // Closing with unread input sends a reset, which the client may see
-        // instead of the EOF (PITFALLS 11): read what has arrived first.
+        // instead of the EOF (nginx's lingering close exists for this): read
+        // what has arrived first.
         let _ = stream.read(&mut self.scratch);
         let _ = stream.shutdown(Shutdown::Write);
         self.stats.get_mut(service).refused += 1;
