@@ -82,14 +82,24 @@ impl Activated {
     ) -> (Activated, Vec<Sock>) {
         for _ in 0..3 {
             let socks = make();
+            // The tool's --datagram is for all its sockets: TCP and UDP
+            // together take two of it, the outer passing its sockets
+            // through the inner, whose names then cover them all.
+            let mixed = socks.iter().any(|s| s.udp) && socks.iter().any(|s| !s.udp);
             let mut command = Command::new(TOOL);
             if accept {
                 command.arg("--accept");
             }
+            if mixed {
+                for sock in socks.iter().filter(|s| !s.udp) {
+                    command.arg(format!("--listen={}", sock.addr));
+                }
+                command.arg(TOOL);
+            }
             if socks.iter().any(|s| s.udp) {
                 command.arg("--datagram");
             }
-            for sock in &socks {
+            for sock in socks.iter().filter(|s| !mixed || s.udp) {
                 command.arg(format!("--listen={}", sock.addr));
             }
             if let Some(names) = names {
@@ -112,8 +122,10 @@ impl Activated {
                 stderr,
                 seen: Vec::new(),
             };
+            // The inner tool of a mixed run binds once the outer is woken.
             let all_bound = socks
                 .iter()
+                .filter(|sock| !mixed || !sock.udp)
                 .all(|sock| run.stderr_has(&format!("Listening on {}", sock.addr)));
             if all_bound {
                 return (run, socks);
@@ -298,6 +310,48 @@ fn inherited_datagram_socket_is_served_even_off_loopback() {
 }
 
 #[test]
+fn stream_and_datagram_sockets_are_served_together() {
+    if !tool_present() {
+        return;
+    }
+    let (mut run, socks) = Activated::start(
+        || vec![Sock::tcp(), Sock::udp()],
+        Some("echo:udp-echo"),
+        false,
+        &[],
+    );
+    let (tcp, udp) = (socks[0].addr, socks[1].addr);
+    let mut stream = connect(tcp);
+    assert!(
+        run.stderr_has(&format!("Listening on {udp}")),
+        "{:?}",
+        run.seen
+    );
+    let mut answer = None;
+    for _ in 0..10 {
+        answer = ask(udp, b"both");
+        if answer.is_some() {
+            break;
+        }
+    }
+    assert_eq!(answer.as_deref(), Some(&b"both"[..]));
+    assert_eq!(
+        run.stdout_lines(2),
+        [
+            format!("listening echo {tcp}"),
+            format!("listening udp-echo {udp}")
+        ]
+    );
+    stream.write_all(b"tcp too").expect("write");
+    let mut back = [0u8; 7];
+    stream.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"tcp too");
+    let (status, rest) = run.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
 fn inherited_listeners_come_before_those_of_options() {
     if !tool_present() {
         return;
@@ -324,6 +378,8 @@ fn inherited_listeners_come_before_those_of_options() {
     let mut one = [0u8; 1];
     stream.read_exact(&mut one).expect("echo");
     assert_eq!(&one, b"x");
+    // A daytime connection lingers until its client closes.
+    drop((first, stream));
     let (status, _) = run.stop();
     assert_eq!(status.code(), Some(0));
 }

@@ -200,3 +200,43 @@ fn an_unknown_kind_is_one_line_and_exit_2() {
         );
     }
 }
+
+#[test]
+fn man_shows_both_pages_without_warnings() {
+    if Command::new("man").arg("--version").output().is_err() {
+        eprintln!("skipped: man is not installed (package man-db; .ci/run installs it)");
+        return;
+    }
+    for (bin, title) in [
+        (server_bin(), "minetd(8)"),
+        (client_bin(), "minetd-client(1)"),
+    ] {
+        let path = std::env::temp_dir().join(format!(
+            "minetd-page-{}-{}",
+            std::process::id(),
+            title.replace(['(', ')'], "")
+        ));
+        std::fs::write(&path, generated(bin, "man")).expect("write the page");
+        let child = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(&path)
+            .env("MANWIDTH", "100")
+            .env("MANPAGER", "cat")
+            .env("PAGER", "cat")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("man");
+        let output = output_within(child, STEP);
+        let _ = std::fs::remove_file(&path);
+        assert!(output.status.success(), "{title}: {output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{title}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.trim_start().starts_with(title),
+            "{title}: {}",
+            &text[..80.min(text.len())]
+        );
+    }
+}
