@@ -36,6 +36,9 @@ const EXIT_FAILURE: u8 = 1;
 /// go to stderr; RUST_LOG=debug shows every accept, close and refusal.
 /// SIGINT or SIGTERM shuts down gracefully (exit 0); a second one during the
 /// grace closes everything at once (exit 128 + signal number).
+/// Under a service manager it serves the sockets handed over (LISTEN_FDS,
+/// LISTEN_FDNAMES) and reports readiness (NOTIFY_SOCKET); see the manual
+/// page (--generate man).
 #[derive(Parser, Debug)]
 #[command(name = "minetd", version)]
 struct Args {

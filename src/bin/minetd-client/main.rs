@@ -158,6 +158,7 @@ fn parse() -> Result<Parsed, clap::Error> {
     let matches = command()
         .subcommand_required(false)
         .arg_required_else_help(false)
+        .override_usage("minetd-client [OPTIONS] <COMMAND>\n       minetd-client --generate <KIND>")
         .try_get_matches()?;
     if let Some(kind) = generate::requested(&matches) {
         return Ok(Parsed::Generate(kind.to_string()));
