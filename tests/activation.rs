@@ -228,14 +228,15 @@ fn ask(to: SocketAddr, message: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Wakes the tool with a connection (or a datagram) so that it execs
-/// minetd; the connection is returned to be served.
+/// minetd, which is to refuse the hand-over: the connection may be reset
+/// as minetd exits, even before `connect` returns.
 fn wake(sock: Sock) -> Option<TcpStream> {
     if sock.udp {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a client");
         socket.send_to(b"wake", sock.addr).expect("send");
         None
     } else {
-        Some(connect(sock.addr))
+        TcpStream::connect_timeout(&sock.addr, STEP).ok()
     }
 }
 
