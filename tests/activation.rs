@@ -539,3 +539,25 @@ fn a_listen_pid_that_is_not_minetds_is_ignored() {
         .expect("daytime");
     assert!(line.ends_with(b"\r\n"), "{line:?}");
 }
+
+#[test]
+fn a_unix_socket_is_a_usage_error() {
+    let path = std::env::temp_dir().join(format!("minetd-unix-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let child = handed_over(&listener, "self", "daytime", &[])
+        .spawn()
+        .expect("spawn");
+    let output = output_within(child, STEP);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let own: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("minetd: "))
+        .collect();
+    assert_eq!(
+        own,
+        ["minetd: descriptor 3 (daytime) is not an IPv4 or IPv6 socket"]
+    );
+}

@@ -121,6 +121,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_variables_are_removed_once_read_whoever_they_were_for() {
+        let ours = std::process::id().to_string();
+        for pid in [ours.as_str(), "1"] {
+            // SAFETY: no other test in this binary reads the environment.
+            unsafe {
+                std::env::set_var("LISTEN_PID", pid);
+                std::env::set_var("LISTEN_FDS", "0");
+                std::env::set_var("LISTEN_FDNAMES", "echo");
+            }
+            assert!(take().expect("no descriptors").is_empty());
+            for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+                assert_eq!(
+                    std::env::var_os(name),
+                    None,
+                    "{name} after LISTEN_PID={pid}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn names_map_to_services_or_say_what_is_wrong() {
         assert_eq!(service_named(0, "udp-echo"), Ok(Service::UdpEcho));
         assert_eq!(service_named(1, "daytime"), Ok(Service::Daytime));
