@@ -400,7 +400,8 @@ impl<S: Stream> Connection<S> {
             if !readable || room == 0 {
                 // At the cap the peer's bytes wait in the kernel; once a
                 // flush makes room, the loop above reads them at once, as a
-                // paused reader gets no new edge (mio is edge-triggered).
+                // paused reader gets no new edge (mio's "draining
+                // readiness"; a paused read is not a drained one).
                 break;
             }
             if budget == 0 {

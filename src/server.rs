@@ -559,6 +559,7 @@ impl Server {
             turn.finished = true;
             return Ok(turn);
         }
+        let stats_due = self.core.next_stats;
         let wait = self.core.poll_timeout(timeout, Instant::now());
         match self.poll.poll(&mut self.events, wait) {
             // A signal landed; the turn goes on with no events.
@@ -579,8 +580,10 @@ impl Server {
         self.core.check_shutdown(registry, now);
         self.core.accept_ready(registry, now);
         self.core.expire_timers(now);
-        turn.stats_logged = self.core.log_stats(now);
+        self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
+        // The next line is due later only once this one is logged.
+        turn.stats_logged = self.core.next_stats != stats_due;
         Ok(turn)
     }
 }
@@ -1095,14 +1098,13 @@ impl Core {
         }
     }
 
-    /// Logs the counters when `--stats-interval` says it is time; says
-    /// whether it did.
-    fn log_stats(&mut self, now: Instant) -> bool {
+    /// Logs the counters when `--stats-interval` says it is time.
+    fn log_stats(&mut self, now: Instant) {
         let (Some(due), Some(every)) = (self.next_stats, self.limits.stats_interval) else {
-            return false;
+            return;
         };
         if now < due {
-            return false;
+            return;
         }
         info!("stats: {}", self.stats);
         // Skip intervals the loop slept through rather than log a burst.
@@ -1111,7 +1113,6 @@ impl Core {
             next += every;
         }
         self.next_stats = Some(next);
-        true
     }
 
     fn close_everything(&mut self) {
