@@ -299,6 +299,14 @@ impl Config {
         if self.listeners().next().is_none() {
             return Err(ConfigError::NoService);
         }
+        self.validate_limits()
+    }
+
+    /// Everything [`validate`](Config::validate) checks except that there
+    /// is an address to serve: for a server that also serves listeners its
+    /// embedder holds ([`Server::bind_with`](crate::Server::bind_with)),
+    /// which may be all it serves.
+    pub fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.allow.is_empty() {
             let exposed = self
                 .listeners()
@@ -522,6 +530,16 @@ mod tests {
     #[test]
     fn default_serves_nothing_and_is_rejected() {
         assert_eq!(Config::default().validate(), Err(ConfigError::NoService));
+    }
+
+    #[test]
+    fn limits_alone_allow_no_address_but_still_check_the_rest() {
+        assert_eq!(Config::default().validate_limits(), Ok(()));
+        let zero = Config {
+            max_connections: 0,
+            ..Config::default()
+        };
+        assert_eq!(zero.validate_limits(), Err(ConfigError::ZeroMaxConnections));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`config`]: what to serve and within which limits ([`Config`]).
 //! - [`server`]: the loop ([`Server`]), its listeners, deadlines and the
 //!   [`ShutdownHandle`].
+//! - [`listen`]: listening sockets the embedder already holds
+//!   ([`HeldListener`]), for [`Server::bind_with`].
 //! - [`conn`]: one peer's state machine ([`Connection`]), free of sockets so
 //!   that tests can drive it with simulated streams.
 //! - [`daytime`]: the daytime line in each format, and time's four bytes.
@@ -43,6 +45,7 @@ pub mod chargen;
 pub mod config;
 pub mod conn;
 pub mod daytime;
+pub mod listen;
 pub mod proxy;
 pub mod server;
 pub mod stats;
@@ -52,5 +55,6 @@ mod udp;
 pub use budget::Budget;
 pub use config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 pub use conn::{CloseReason, Connection};
+pub use listen::{HeldListener, HeldProblem};
 pub use server::{BindError, Server, ShutdownHandle, Turn};
 pub use stats::{Counters, Stats};

@@ -6,7 +6,8 @@
 //! still ready, start or finish a shutdown, and expire deadlines. Accepting
 //! after the events means a key freed by a close in this batch cannot be
 //! handed to a new connection while stale events for it are still being
-//! read (PITFALLS 7).
+//! read (mio returns events for a token even after its source closed in
+//! the same batch, and slab reuses the freed key first: tokio-rs/mio#219).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -28,6 +29,7 @@ use crate::budget::Budget;
 use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 use crate::conn::{CloseReason, Connection, Label, interrupted, would_block};
 use crate::daytime;
+use crate::listen::{HeldListener, HeldProblem};
 use crate::stats::Stats;
 use crate::sys;
 use crate::udp::{Answerer, NEVER_ANSWER_PORTS};
@@ -52,14 +54,16 @@ const EVENTS_PER_TURN: usize = 1024;
 const DATAGRAMS_PER_TURN: usize = 256;
 /// Accepts per listener per turn: enough to ramp 10,000 connections quickly,
 /// few enough that a connect flood cannot starve established peers
-/// (PITFALLS 6). A listener still ready after its share is retried next turn.
+/// (Redis takes 10 per cycle; envoyproxy/envoy#27773). A listener still
+/// ready after its share is retried next turn.
 const ACCEPTS_PER_TURN: usize = 256;
 /// The accept queue length asked of the kernel (capped by somaxconn). mio
 /// and std ask for 128, and a 10,000-connection ramp then stalls on SYN
-/// retransmits (PITFALLS 9).
+/// retransmits: Linux drops SYNs while the accept queue is full.
 const LISTEN_BACKLOG: libc::c_int = 4096;
 /// How long accepting pauses after running out of descriptors, unless a
-/// connection closes sooner (nginx waits 500 ms; PITFALLS 5).
+/// connection closes sooner (nginx waits 500 ms). Linux leaves the
+/// connection queued on EMFILE and, with the edge spent, never reports it.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a daytime connection waits, after its line, for the client to
 /// close before we close anyway.
@@ -91,6 +95,15 @@ pub enum BindError {
     },
     /// The poll or its waker could not be created.
     Poll(io::Error),
+    /// A listener given to [`Server::bind_with`] cannot be served.
+    Held {
+        /// Its position in the list given.
+        index: usize,
+        /// The service it was for.
+        service: Service,
+        /// What is wrong with it.
+        problem: HeldProblem,
+    },
 }
 
 impl fmt::Display for BindError {
@@ -103,6 +116,11 @@ impl fmt::Display for BindError {
                 source,
             } => write!(f, "cannot listen on {addr} for {service}: {source}"),
             BindError::Poll(err) => write!(f, "cannot create the event loop: {err}"),
+            BindError::Held {
+                index,
+                service,
+                problem,
+            } => write!(f, "held listener {index} for {service} {problem}"),
         }
     }
 }
@@ -113,6 +131,11 @@ impl std::error::Error for BindError {
             BindError::Config(err) => Some(err),
             BindError::Listen { source, .. } => Some(source),
             BindError::Poll(err) => Some(err),
+            BindError::Held {
+                problem: HeldProblem::Io(err),
+                ..
+            } => Some(err),
+            BindError::Held { .. } => None,
         }
     }
 }
@@ -147,7 +170,8 @@ impl ShutdownHandle {
     /// again does nothing more.
     pub fn shutdown(&self) {
         // The flag is the truth: wakes coalesce, so the loop reads the flag
-        // after every poll rather than counting wakes (PITFALLS 8).
+        // after every poll rather than counting wakes (mio's Waker is one
+        // eventfd counter, shared behind an Arc: tokio-rs/mio#1764).
         self.requested.store(true, Ordering::Release);
         // The eventfd can only refuse a wake when its counter is saturated,
         // which means wakes are already pending.
@@ -163,6 +187,10 @@ pub struct Turn {
     pub external_ready: bool,
     /// Shutdown has finished: every listener and connection is closed.
     pub finished: bool,
+    /// This turn logged the `stats:` line (with
+    /// [`Config::stats_interval`]); [`Server::stats`] returns what it showed,
+    /// so the embedder can pass it on (to a service manager, say).
+    pub stats_logged: bool,
 }
 
 /// The server: every listener and connection on one `mio::Poll`, driven by
@@ -411,39 +439,69 @@ impl Server {
     /// poll. Nothing is accepted until [`run`](Server::run) or
     /// [`turn`](Server::turn).
     pub fn bind(config: &Config) -> Result<Server, BindError> {
-        config.validate()?;
+        Server::bind_with(config, Vec::new())
+    }
+
+    /// Like [`bind`](Server::bind), and serves the listeners in `held` as
+    /// well: sockets the embedder already holds, each with the service it
+    /// is for (from a parent process or a service manager, say). They come
+    /// first in [`local_addrs`](Server::local_addrs), in the order given.
+    /// With any held listener, `config` may name no address at all.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use minetd::{Config, HeldListener, Server, Service};
+    ///
+    /// let inherited = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = inherited.local_addr()?;
+    /// let mut server = Server::bind_with(
+    ///     &Config::default(), // no address: the held listener is all it serves
+    ///     vec![HeldListener::Tcp(Service::Echo, inherited)],
+    /// )?;
+    /// assert_eq!(server.local_addrs(), [(Service::Echo, addr)]);
+    /// let stop = server.shutdown_handle();
+    /// std::thread::spawn(move || stop.shutdown());
+    /// server.run()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn bind_with(config: &Config, held: Vec<HeldListener>) -> Result<Server, BindError> {
+        if held.is_empty() {
+            config.validate()?;
+        } else {
+            config.validate_limits()?;
+        }
         let poll = Poll::new().map_err(BindError::Poll)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(BindError::Poll)?;
         let mut listeners = Vec::new();
-        for (index, (service, addr)) in config.listeners().enumerate() {
+        for (index, held) in held.into_iter().enumerate() {
+            let service = held.service();
+            let held_error = |problem| BindError::Held {
+                index,
+                service,
+                problem,
+            };
+            held.check().map_err(held_error)?;
+            let socket = match held {
+                HeldListener::Tcp(_, listener) => Socket::Tcp(TcpListener::from_std(listener)),
+                HeldListener::Udp(_, socket) => Socket::Udp(UdpSocket::from_std(socket)),
+            };
+            let listener = register_listener(&poll, socket, service, listeners.len());
+            listeners.push(listener.map_err(|err| held_error(HeldProblem::Io(err)))?);
+        }
+        for (service, addr) in config.listeners() {
             let listen_error = |source| BindError::Listen {
                 service,
                 addr,
                 source,
             };
-            let mut socket = if service.is_udp() {
+            let socket = if service.is_udp() {
                 Socket::Udp(UdpSocket::bind(addr).map_err(listen_error)?)
             } else {
                 Socket::Tcp(listen(addr).map_err(listen_error)?)
             };
-            let local = match &socket {
-                Socket::Tcp(listener) => listener.local_addr(),
-                Socket::Udp(socket) => socket.local_addr(),
-            }
-            .map_err(listen_error)?;
-            poll.registry()
-                .register(
-                    socket.source(),
-                    Token(LISTENER_BASE + index),
-                    Interest::READABLE,
-                )
-                .map_err(listen_error)?;
-            listeners.push(Listener {
-                socket,
-                service,
-                addr: local,
-                ready: false,
-            });
+            let listener = register_listener(&poll, socket, service, listeners.len());
+            listeners.push(listener.map_err(listen_error)?);
         }
         // Only once every listener is bound: a later failure must not leave
         // a log line announcing a listener that never served.
@@ -494,8 +552,10 @@ impl Server {
         })
     }
 
-    /// The bound address of every listener, echo first, in configuration
-    /// order. Port 0 in the configuration shows here as the port chosen.
+    /// The bound address of every listener: the held ones first, as given
+    /// to [`bind_with`](Server::bind_with), then the configured ones, echo
+    /// first, in configuration order. Port 0 in the configuration shows
+    /// here as the port chosen.
     pub fn local_addrs(&self) -> Vec<(Service, SocketAddr)> {
         self.core
             .listeners
@@ -569,6 +629,7 @@ impl Server {
             turn.finished = true;
             return Ok(turn);
         }
+        let stats_due = self.core.next_stats;
         let wait = self.core.poll_timeout(timeout, Instant::now());
         match self.poll.poll(&mut self.events, wait) {
             // A signal landed; the turn goes on with no events.
@@ -592,6 +653,8 @@ impl Server {
         self.core.warn_of_pressure(now);
         self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
+        // The next line is due later only once this one is logged.
+        turn.stats_logged = self.core.next_stats != stats_due;
         Ok(turn)
     }
 }
@@ -1002,7 +1065,8 @@ impl Core {
         now: Instant,
     ) {
         // Closing with unread input sends a reset, which the client may see
-        // instead of the EOF (PITFALLS 11): read what has arrived first.
+        // instead of the EOF (nginx's lingering close exists for this): read
+        // what has arrived first.
         let _ = stream.read(&mut self.scratch);
         let _ = stream.shutdown(Shutdown::Write);
         self.note_refusal(&Unlabelled(peer), peer.ip(), service, refusal, now);
@@ -1268,6 +1332,30 @@ fn held_back_note(held_back: u64) -> String {
     } else {
         format!(" ({held_back} more since the last warning)")
     }
+}
+
+/// Registers listener number `index` with the poll and learns its address.
+fn register_listener(
+    poll: &Poll,
+    mut socket: Socket,
+    service: Service,
+    index: usize,
+) -> io::Result<Listener> {
+    let addr = match &socket {
+        Socket::Tcp(listener) => listener.local_addr(),
+        Socket::Udp(socket) => socket.local_addr(),
+    }?;
+    poll.registry().register(
+        socket.source(),
+        Token(LISTENER_BASE + index),
+        Interest::READABLE,
+    )?;
+    Ok(Listener {
+        socket,
+        service,
+        addr,
+        ready: false,
+    })
 }
 
 /// Binds a listener with a backlog deep enough for a connection ramp.

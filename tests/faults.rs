@@ -330,7 +330,7 @@ fn churn_of_20000_connections_leaks_no_descriptor_or_memory() {
     let baseline_fds = server.fd_count();
 
     // TIME_WAIT holds each closed client port for a minute: spread the
-    // clients over four source addresses (PITFALLS 12).
+    // clients over four source addresses (each has about 28,000 ports).
     let churn = |round: u64, count: u64| {
         let workers: Vec<_> = (0..4u64)
             .map(|source| {

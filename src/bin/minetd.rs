@@ -1,6 +1,14 @@
 //! `minetd`: the command line in front of [`minetd::Server`]. Parses the
 //! options, sets up logging, raises the descriptor limit, takes SIGINT and
-//! SIGTERM through the server's own poll, and runs the loop.
+//! SIGTERM through the server's own poll, and runs the loop. Socket
+//! activation, readiness and `--generate` live in modules of their own.
+
+#[path = "minetd/activation.rs"]
+mod activation;
+#[path = "common/generate.rs"]
+mod generate;
+#[path = "minetd/notify.rs"]
+mod notify;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,7 +17,7 @@ use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use log::{debug, error, info, warn};
-use minetd::{Cidr, Config, DaytimeFormat, Server, Service};
+use minetd::{BindError, Cidr, Config, DaytimeFormat, Server, Service};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -28,6 +36,9 @@ const EXIT_FAILURE: u8 = 1;
 /// go to stderr; RUST_LOG=debug shows every accept, close and refusal.
 /// SIGINT or SIGTERM shuts down gracefully (exit 0); a second one during the
 /// grace closes everything at once (exit 128 + signal number).
+/// Under a service manager it serves the sockets handed over (LISTEN_FDS,
+/// LISTEN_FDNAMES) and reports readiness (NOTIFY_SOCKET); see the manual
+/// page (--generate man).
 #[derive(Parser, Debug)]
 #[command(name = "minetd", version)]
 struct Args {
@@ -144,10 +155,20 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(code) => return code,
     };
+    // First, while the process has one thread: it edits the environment.
+    let held = match activation::take() {
+        Ok(held) => held,
+        Err(line) => {
+            eprintln!("minetd: {line}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     raise_descriptor_limit();
+    let notifier = notify::Notifier::from_env();
 
-    let listeners = listeners_in_option_order(&args, &matches);
+    let inherited = held.len();
+    let listeners = listeners_in_option_order(&args, &matches, inherited == 0);
     let mut config = Config {
         allow: args.allow.clone(),
         per_source: args.per_source,
@@ -169,7 +190,13 @@ fn main() -> ExitCode {
         *config.addrs_mut(service) = pick(&listeners, service);
     }
     // Checked before binding: a refused configuration is a usage error.
-    if let Err(err) = config.validate() {
+    // Inherited sockets may be all there is to serve.
+    let checked = if inherited == 0 {
+        config.validate()
+    } else {
+        config.validate_limits()
+    };
+    if let Err(err) = checked {
         eprintln!("minetd: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -182,8 +209,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let mut server = match Server::bind(&config) {
+    let mut server = match Server::bind_with(&config, held) {
         Ok(server) => server,
+        // A bad hand-over is the unit file's mistake, as a bad option is
+        // the command line's.
+        Err(BindError::Held {
+            index,
+            service,
+            problem,
+        }) => {
+            eprintln!("minetd: {}", activation::refused(index, service, &problem));
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(err) => {
             eprintln!("minetd: {err}");
             return ExitCode::from(EXIT_FAILURE);
@@ -193,8 +230,9 @@ fn main() -> ExitCode {
         eprintln!("minetd: cannot set up signal handling: {err}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    announce(&server, &listeners);
-    match serve(&mut server, &mut signals) {
+    announce(&server, inherited, &listeners);
+    notifier.ready();
+    match serve(&mut server, &mut signals, &notifier) {
         Ok(code) => code,
         Err(err) => {
             error!("event loop failed: {err}");
@@ -207,9 +245,20 @@ fn main() -> ExitCode {
 /// Parses the command line. Usage errors print one line naming the bad value
 /// (clap's own message is several) and exit 2; help and version exit 0.
 fn parse_args() -> Result<(Args, ArgMatches), ExitCode> {
-    let parsed = Args::command()
+    let parsed = command()
         .try_get_matches()
         .and_then(|matches| Ok((Args::from_arg_matches(&matches)?, matches)));
+    if let Ok((_, matches)) = &parsed {
+        if let Some(kind) = generate::requested(matches) {
+            return Err(match generate::print(command(), kind, &MANUAL) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("minetd: cannot write the {kind} output: {err}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            });
+        }
+    }
     parsed.map_err(|err| {
         if !err.use_stderr() {
             // --help or --version: clap prints them to stdout.
@@ -223,9 +272,25 @@ fn parse_args() -> Result<(Args, ArgMatches), ExitCode> {
     })
 }
 
-/// Every `(service, address)` in the order the options were given, or the
-/// defaults when no service option was.
-fn listeners_in_option_order(args: &Args, matches: &ArgMatches) -> Vec<(Service, SocketAddr)> {
+/// The command line's definition: `--help`, parsing, the manual page and the
+/// completions all come from it.
+fn command() -> clap::Command {
+    generate::with_option(Args::command())
+}
+
+/// What the manual page says beyond `--help`.
+const MANUAL: generate::Manual = generate::Manual {
+    section: "8",
+    extra: include_str!("minetd/manual.roff"),
+};
+
+/// Every `(service, address)` in the order the options were given, or (if
+/// `defaults`) the defaults when no service option was.
+fn listeners_in_option_order(
+    args: &Args,
+    matches: &ArgMatches,
+    defaults: bool,
+) -> Vec<(Service, SocketAddr)> {
     let mut ordered: Vec<(usize, Service, SocketAddr)> = Vec::new();
     for service in Service::ALL {
         let (id, addrs) = match service {
@@ -243,7 +308,7 @@ fn listeners_in_option_order(args: &Args, matches: &ArgMatches) -> Vec<(Service,
         let positions = matches.indices_of(id).into_iter().flatten();
         ordered.extend(positions.zip(addrs).map(|(at, addr)| (at, service, *addr)));
     }
-    if ordered.is_empty() {
+    if ordered.is_empty() && defaults {
         return [Service::Echo, Service::Daytime]
             .into_iter()
             .map(|service| (service, service.default_addr()))
@@ -264,13 +329,18 @@ fn pick(listeners: &[(Service, SocketAddr)], wanted: Service) -> Vec<SocketAddr>
         .collect()
 }
 
-/// Prints `listening SERVICE ADDR` per listener, in option order, and
-/// flushes, so that scripts can read the real ports.
-fn announce(server: &Server, listeners: &[(Service, SocketAddr)]) {
+/// Prints `listening SERVICE ADDR` per listener, the `inherited` ones first
+/// in descriptor order, then the options' in option order, and flushes, so
+/// that scripts can read the real ports.
+fn announce(server: &Server, inherited: usize, listeners: &[(Service, SocketAddr)]) {
+    let all = server.local_addrs();
+    let (held, bound) = all.split_at(inherited.min(all.len()));
+    let mut out = std::io::stdout().lock();
+    for (service, addr) in held {
+        let _ = writeln!(out, "listening {service} {addr}");
+    }
     // The server lists echo first: match each option to its service's
     // bound addresses by position.
-    let bound = server.local_addrs();
-    let mut out = std::io::stdout().lock();
     for (index, (service, _)) in listeners.iter().enumerate() {
         let nth = listeners[..index]
             .iter()
@@ -285,11 +355,19 @@ fn announce(server: &Server, listeners: &[(Service, SocketAddr)]) {
     let _ = out.flush();
 }
 
-/// Runs the loop with SIGINT and SIGTERM delivered into the same poll.
-fn serve(server: &mut Server, signals: &mut Signals) -> std::io::Result<ExitCode> {
+/// Runs the loop with SIGINT and SIGTERM delivered into the same poll, and
+/// tells the service manager when it stops and what the counters say.
+fn serve(
+    server: &mut Server,
+    signals: &mut Signals,
+    notifier: &notify::Notifier,
+) -> std::io::Result<ExitCode> {
     let mut shutting_down = false;
     loop {
         let turn = server.turn(None)?;
+        if turn.stats_logged {
+            notifier.status(&format!("stats: {}", server.stats()));
+        }
         if turn.external_ready {
             for signal in signals.pending() {
                 let name = if signal == SIGINT {
@@ -306,6 +384,7 @@ fn serve(server: &mut Server, signals: &mut Signals) -> std::io::Result<ExitCode
                     return Ok(ExitCode::from(128 + signal as u8));
                 }
                 info!("{name}: shutting down");
+                notifier.stopping();
                 shutting_down = true;
                 server.shutdown();
             }

@@ -448,7 +448,7 @@ impl Harness {
         }
     }
 
-    /// Edge-triggered readiness must be drained (PITFALLS 1, 2): a
+    /// Edge-triggered readiness must be drained (tokio-rs/mio#1076): a
     /// connection that returns still wanting to read what is waiting, or
     /// owing bytes the socket would take, gets no new event for them.
     fn check_drained(&self, read_closed: bool) {

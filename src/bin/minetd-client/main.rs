@@ -11,6 +11,8 @@ mod addr;
 mod bench;
 mod error;
 mod escape;
+#[path = "../common/generate.rs"]
+mod generate;
 mod pump;
 mod socket;
 
@@ -127,8 +129,9 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let cli = match parse() {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Generate(kind)) => return print_generated(&kind),
         Err(err) => return usage_error(&err),
     };
     match run(cli) {
@@ -136,6 +139,57 @@ fn main() -> ExitCode {
         Err(err) => {
             // If stderr itself is gone there is nobody left to tell.
             let _ = writeln!(io::stderr(), "minetd-client: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the command line asks for.
+enum Parsed {
+    Run(Cli),
+    /// `--generate KIND`, which needs no command.
+    Generate(String),
+}
+
+/// Parses the command line, `--generate` included: it stands alone, so the
+/// command is optional to clap and required here.
+fn parse() -> Result<Parsed, clap::Error> {
+    use clap::FromArgMatches;
+    let matches = command()
+        .subcommand_required(false)
+        .arg_required_else_help(false)
+        .override_usage("minetd-client [OPTIONS] <COMMAND>\n       minetd-client --generate <KIND>")
+        .try_get_matches()?;
+    if let Some(kind) = generate::requested(&matches) {
+        return Ok(Parsed::Generate(kind.to_string()));
+    }
+    if matches.subcommand().is_none() {
+        let kind = clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+        return Err(clap::Error::new(kind));
+    }
+    Ok(Parsed::Run(Cli::from_arg_matches(&matches)?))
+}
+
+/// The command line's definition: `--help`, parsing, the manual page and the
+/// completions all come from it.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    generate::with_option(Cli::command())
+}
+
+/// Prints the manual page or completions `--generate` asked for.
+fn print_generated(kind: &str) -> ExitCode {
+    const MANUAL: generate::Manual = generate::Manual {
+        section: "1",
+        extra: include_str!("manual.roff"),
+    };
+    match generate::print(command(), kind, &MANUAL) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(
+                io::stderr(),
+                "minetd-client: cannot write the {kind} output: {err}"
+            );
             ExitCode::FAILURE
         }
     }
