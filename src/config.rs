@@ -202,6 +202,10 @@ pub struct Config {
     /// must begin with a PROXY protocol header (v1 or v2), whose source is
     /// then the peer for `allow`, `per_source` and the logs.
     pub proxy_protocol: Vec<Cidr>,
+    /// Set `SO_REUSEPORT` on every listener bound from this configuration,
+    /// so that several single-threaded processes serve the same addresses
+    /// and the kernel spreads new connections among them.
+    pub reuse_port: bool,
     /// How often to log a line of counters; `None` = never.
     pub stats_interval: Option<Duration>,
     /// Open client connections at most; past it a new connection is
@@ -240,6 +244,7 @@ impl Default for Config {
             allow: Vec::new(),
             per_source: None,
             proxy_protocol: Vec::new(),
+            reuse_port: false,
             stats_interval: None,
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),

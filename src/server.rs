@@ -257,6 +257,7 @@ struct Limits {
     stats_interval: Option<Duration>,
     /// Balancers whose connections begin with a PROXY header.
     proxy_protocol: Vec<Cidr>,
+    reuse_port: bool,
 }
 
 enum Socket {
@@ -496,9 +497,9 @@ impl Server {
                 source,
             };
             let socket = if service.is_udp() {
-                Socket::Udp(UdpSocket::bind(addr).map_err(listen_error)?)
+                Socket::Udp(bind_udp(addr, config.reuse_port).map_err(listen_error)?)
             } else {
-                Socket::Tcp(listen(addr).map_err(listen_error)?)
+                Socket::Tcp(listen(addr, config.reuse_port).map_err(listen_error)?)
             };
             let listener = register_listener(&poll, socket, service, listeners.len());
             listeners.push(listener.map_err(listen_error)?);
@@ -530,6 +531,7 @@ impl Server {
                 per_source: config.per_source,
                 stats_interval: config.stats_interval,
                 proxy_protocol: config.proxy_protocol.clone(),
+                reuse_port: config.reuse_port,
             },
             next_id: 0,
             clock: Clock { epoch: started },
@@ -1235,6 +1237,9 @@ impl Core {
         if self.state != State::Running {
             return;
         }
+        if self.limits.reuse_port {
+            self.take_in_queued(registry, now);
+        }
         info!(
             "shutting down: {} connections, {} s grace",
             self.conns.len(),
@@ -1276,6 +1281,39 @@ impl Core {
                 self.budget.limit(),
                 held_back_note(held_back)
             );
+        }
+    }
+
+    /// A process of a `--reuse-port` group that stops first accepts every
+    /// connection already queued on its listeners before it closes them,
+    /// so that the clients queued there are served (within the grace, like
+    /// the rest) rather than reset. With Linux's `tcp_migrate_req`, what
+    /// arrives after this, still in its handshake, moves to the processes
+    /// that remain when the listener closes.
+    fn take_in_queued(&mut self, registry: &Registry, now: Instant) {
+        for index in 0..self.listeners.len() {
+            if !matches!(self.listeners[index].socket, Socket::Tcp(_)) {
+                continue;
+            }
+            // Whether or not an edge said so: the queue is the truth.
+            self.listeners[index].ready = true;
+            let before = self.conns.len();
+            // The queue holds at most the backlog; a flood arriving
+            // meanwhile must not keep the shutdown from going on.
+            let rounds = LISTEN_BACKLOG as usize / ACCEPTS_PER_TURN + 1;
+            for _ in 0..rounds {
+                if !self.listeners[index].ready || self.accept_paused_until.is_some() {
+                    break;
+                }
+                self.accept_connections(registry, index, now);
+            }
+            let taken = self.conns.len().saturating_sub(before);
+            if taken > 0 {
+                debug!(
+                    "{} {}: took in {taken} queued connections before closing",
+                    self.listeners[index].service, self.listeners[index].addr
+                );
+            }
         }
     }
 
@@ -1359,13 +1397,18 @@ fn register_listener(
 }
 
 /// Binds a listener with a backlog deep enough for a connection ramp.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use std::os::fd::AsRawFd;
-    let socket = TcpListener::bind(addr)?;
-    // Linux lets a second listen() change the backlog of a listening socket.
+    let socket = sys::bound_socket(addr, libc::SOCK_STREAM, reuse_port)?;
     // SAFETY: listen(2) on a descriptor we own; no memory is passed.
     if unsafe { libc::listen(socket.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(socket)
+    Ok(TcpListener::from_std(std::net::TcpListener::from(socket)))
+}
+
+/// Binds a UDP socket, shared with other processes if `reuse_port`.
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let socket = sys::bound_socket(addr, libc::SOCK_DGRAM, reuse_port)?;
+    Ok(UdpSocket::from_std(std::net::UdpSocket::from(socket)))
 }

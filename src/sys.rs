@@ -74,3 +74,93 @@ pub(crate) fn read_and_tell(
     }
     Ok((n as usize, queued))
 }
+
+/// A new socket of `kind` (`SOCK_STREAM` or `SOCK_DGRAM`) bound to `addr`,
+/// non-blocking, with `SO_REUSEADDR` (as std sets it on listeners) and,
+/// if asked, `SO_REUSEPORT`, which has to be set before `bind`: so that
+/// several processes bind the same address and the kernel spreads new
+/// connections and datagrams among them. Streams are left unlistened.
+pub(crate) fn bound_socket(
+    addr: std::net::SocketAddr,
+    kind: libc::c_int,
+    reuse_port: bool,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::net::SocketAddr;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket(2) with no memory passed; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    if kind == libc::SOCK_STREAM {
+        set_flag(&socket, libc::SO_REUSEADDR)?;
+    }
+    if reuse_port {
+        set_flag(&socket, libc::SO_REUSEPORT)?;
+    }
+    // SAFETY: all-zero is a valid sockaddr_storage; each arm writes a
+    // complete sockaddr of its family into it and passes its exact length.
+    let rc = unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            SocketAddr::V4(v4) => {
+                let sin =
+                    &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr = libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = &mut *(&mut storage as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in6>();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_flowinfo = v6.flowinfo();
+                sin6.sin6_addr = libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                };
+                sin6.sin6_scope_id = v6.scope_id();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        libc::bind(
+            socket.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// Turns on a boolean `SOL_SOCKET` option.
+fn set_flag(socket: &impl AsRawFd, option: libc::c_int) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -93,6 +93,11 @@ struct Args {
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     proxy_protocol: Vec<Cidr>,
 
+    /// Set SO_REUSEPORT on every listener, so several minetd processes serve the
+    /// same addresses and the kernel spreads connections among them
+    #[arg(long)]
+    reuse_port: bool,
+
     /// Open connections from one IP address at most [default: no limit]
     #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
     per_source: Option<usize>,
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
         allow: args.allow.clone(),
         per_source: args.per_source,
         proxy_protocol: args.proxy_protocol.clone(),
+        reuse_port: args.reuse_port,
         stats_interval: args
             .stats_interval
             .map(|secs| Duration::from_secs(secs as u64)),
