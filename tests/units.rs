@@ -10,10 +10,11 @@ use std::process::{Command, Stdio};
 
 use common::{STEP, output_within, server_bin};
 
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 4] = [
     "minetd.service",
     "minetd-echo.socket",
     "minetd-daytime.socket",
+    "minetd@.service",
 ];
 /// Where the service expects the binary once installed (`cargo install`
 /// puts it in ~/.cargo/bin; the README says to copy it here).
