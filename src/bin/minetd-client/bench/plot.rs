@@ -67,6 +67,7 @@ impl Plot {
                 .y_desc("latency (µs)")
                 .x_labels(x_max as usize + 1)
                 .x_label_formatter(&|x| percent_label(*x))
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()?;
             chart.draw_series(LineSeries::new(points, &BLUE))?;
             Ok(())
@@ -76,12 +77,10 @@ impl Plot {
 
     /// A sweep: rps and p50/p99 against connections.
     pub(super) fn sweep(self, reports: &[Report]) -> Result<(), Error> {
-        let x_max = reports
-            .iter()
-            .map(|r| r.connections)
-            .max()
-            .unwrap_or(1)
-            .max(1) as f64;
+        // Connections on a log axis: sweeps go 1, 10, 100, 1000, ...
+        let connections = reports.iter().map(|r| r.connections.max(1) as f64);
+        let x_min = connections.clone().fold(f64::MAX, f64::min).min(1.0);
+        let x_max = connections.fold(1.0, f64::max) * 1.1;
         let rps_max = reports.iter().map(|r| r.rps).fold(1.0, f64::max) * 1.1;
         let latency_max = reports
             .iter()
@@ -91,7 +90,7 @@ impl Plot {
         let series = |pick: &dyn Fn(&Report) -> f64| -> Vec<(f64, f64)> {
             reports
                 .iter()
-                .map(|r| (r.connections as f64, pick(r)))
+                .map(|r| (r.connections.max(1) as f64, pick(r)))
                 .collect()
         };
         let rps = series(&|r| r.rps);
@@ -107,16 +106,19 @@ impl Plot {
                 .x_label_area_size(48)
                 .y_label_area_size(80)
                 .right_y_label_area_size(80)
-                .build_cartesian_2d(0.0..x_max, 0.0..rps_max)?
-                .set_secondary_coord(0.0..x_max, 0.0..latency_max);
+                .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..rps_max)?
+                .set_secondary_coord((x_min..x_max).log_scale(), 0.0..latency_max);
             chart
                 .configure_mesh()
                 .x_desc("connections")
                 .y_desc("round trips per second")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()?;
             chart
                 .configure_secondary_axes()
                 .y_desc("latency (µs)")
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()?;
             chart
                 .draw_series(LineSeries::new(rps.clone(), &BLUE))?
