@@ -288,6 +288,9 @@ struct Shared {
     /// When measuring starts; `None` until every worker is ready.
     start: Mutex<Option<Instant>>,
     started: Condvar,
+    /// When the ramp began: every worker's `--connect-rate` slots count
+    /// from this one moment, so threads started late do not bunch up.
+    ramp_start: Instant,
 }
 
 impl Shared {
@@ -300,6 +303,7 @@ impl Shared {
             errors: AtomicU64::new(0),
             stop,
             start: Mutex::new(None),
+            ramp_start: Instant::now(),
             started: Condvar::new(),
         }
     }
@@ -732,13 +736,12 @@ impl Worker {
         let batch = (RAMP_IN_FLIGHT / self.options.threads).max(1);
         let mut failures_in_a_row = 0;
         let mut next = self.range.start;
-        let ramp_start = Instant::now();
         while next < self.range.end && !self.shared.stopping() {
             let batch_end = (next + batch).min(self.range.end);
             for index in next..batch_end {
                 if let Some(at) = connect_time(&self.options, self.number, index - self.range.start)
                 {
-                    sleep_until(ramp_start + at);
+                    sleep_until(self.shared.ramp_start + at);
                 }
                 if failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
                     tally.connect_failures += 1; // not tried: see MAX_FAILURES_IN_A_ROW

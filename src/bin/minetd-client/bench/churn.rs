@@ -88,7 +88,12 @@ pub(super) fn run(worker: &Worker, mut tally: Tally) -> Result<Tally, Error> {
 /// Opens `slot`'s next connection; a failure is a connect failure.
 fn connect(worker: &Worker, slot: &mut Slot, tally: &mut Tally) {
     let started = Instant::now();
-    match open_connection(worker.dest, &worker.options, slot.index) {
+    let options = &worker.options;
+    let opened = match options.source_addrs.as_slice() {
+        [] => crate::socket::connect_timed(worker.dest, options.timeout),
+        _ => open_connection(worker.dest, options, slot.index),
+    };
+    match opened {
         Ok(stream) => slot.stream = Some((stream, started)),
         Err(err) => {
             tally.connect_failures += 1;
