@@ -148,6 +148,10 @@ fn stalled_server_shows_in_the_corrected_latency() {
     assert_eq!(report["mismatches"], 0);
     let p90 = report["latency_us"]["p90"].as_f64().expect("p90");
     let service_p50 = report["service_us"]["p50"].as_f64().expect("service p50");
+    println!(
+        "stall: latency_us {} service_us {}",
+        report["latency_us"], report["service_us"]
+    );
     // A third of the messages fall due in the stall, waiting up to a second.
     assert!(p90 >= 300_000.0, "p90 {p90} µs: {report}");
     assert!(service_p50 < 50_000.0, "service p50 {service_p50} µs");
@@ -505,6 +509,18 @@ fn one_run_plots_latency_by_percentile_and_logs_each_second() {
         "{}",
         lines[1]
     );
+    // The start of the run, not the end: the run took 2.5 s.
+    let start: f64 = lines[1]["#[StartTime: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - start >= 2.4, "StartTime {start}, now {now}");
     assert_eq!(
         lines[2],
         "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""

@@ -258,7 +258,10 @@ fn run_once(
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let origin = watch(&workers, &shared, options);
-    let started_at = std::time::SystemTime::now();
+    // `watch` returns when the run is over: the wall clock at its start is
+    // now less the time since.
+    let now = std::time::SystemTime::now();
+    let started_at = now.checked_sub(origin.elapsed()).unwrap_or(now);
     let tally = collect(workers, options, origin + options.warmup)?;
     let measure_start = origin + options.warmup;
     let report = Report::new(options, &tally, measure_start)?;
