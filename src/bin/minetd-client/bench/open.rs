@@ -31,9 +31,13 @@ use crate::error::Error;
 /// The sender sleeps at least this long at a time, then writes everything
 /// that fell due meanwhile. Waking for every message would cost two context
 /// switches each and cap the open loop far below what the closed loop
-/// reaches; a message written up to this late has the delay counted in its
-/// latency (never hidden), and `service_us` is unaffected.
-const PACING_QUANTUM: Duration = Duration::from_micros(100);
+/// reaches. Measured at 100 connections with client and server pinned to a
+/// core each: at 100 µs the client was 96% busy and reached 87% of a rate
+/// the closed loop sustains; at 300 µs, 88% busy and 99.9%; at 1 ms the
+/// bursts cost more than the wake-ups saved. A message written up to this
+/// late has the delay counted in its latency (never hidden); `service_us`
+/// is unaffected.
+const PACING_QUANTUM: Duration = Duration::from_micros(250);
 
 /// Messages the receiver handles between updates of the live line's counts.
 const PUBLISH_EVERY: u64 = 4096;
