@@ -115,8 +115,11 @@ fn json_report_has_every_key_and_counts_round_trips() {
         "mismatches",
         "connect_failures",
         "errors",
+        "mode",
+        "histogram",
     ];
     assert_eq!(keys, expected.into_iter().collect());
+    assert_eq!(report["mode"], "echo");
     let latency = report["latency_us"].as_object().expect("latency object");
     let latency_keys: BTreeSet<&str> = latency.keys().map(String::as_str).collect();
     assert_eq!(

@@ -48,6 +48,12 @@ use crate::addr::{Target, set_timeouts};
 use crate::error::{Error, is_timeout};
 use crate::socket;
 
+mod churn;
+mod hist;
+pub mod merge;
+mod open;
+mod pace;
+mod plot;
 mod report;
 
 /// Most connections `--connections` accepts (clap wants an `i64` bound).
@@ -75,9 +81,6 @@ const MAX_FAILURES_IN_A_ROW: usize = 16;
 /// whatever else the process holds, with room to spare.
 const SPARE_FDS: u64 = 64;
 
-/// Histogram range, in nanoseconds: 1 ns to 1 hour at 3 significant digits.
-const LATENCY_MAX_NS: u64 = 3_600_000_000_000;
-
 /// How often the main thread looks at the workers while they run.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -90,6 +93,8 @@ pub enum Mode {
     Discard,
     /// Download: read and check what a chargen server sends.
     Chargen,
+    /// Connection churn: connect, read one daytime line to EOF, close.
+    Daytime,
 }
 
 impl Mode {
@@ -99,6 +104,17 @@ impl Mode {
             Mode::Echo => "127.0.0.1:7007",
             Mode::Discard => "127.0.0.1:7009",
             Mode::Chargen => "127.0.0.1:7019",
+            Mode::Daytime => "127.0.0.1:7013",
+        }
+    }
+
+    /// The name `--mode` and the JSON report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Discard => "discard",
+            Mode::Chargen => "chargen",
+            Mode::Daytime => "daytime",
         }
     }
 }
@@ -124,26 +140,114 @@ pub struct Options {
     pub json: bool,
     /// Bound on each connect, read and write.
     pub timeout: Duration,
+    /// Open loop: messages per second, all connections together.
+    pub rate: Option<f64>,
+    /// Messages in flight per connection (echo only).
+    pub pipeline: usize,
+    /// Load before measuring, counted in nothing.
+    pub warmup: Duration,
+    /// Connections opened per second at most, while ramping.
+    pub connect_rate: Option<f64>,
+    /// One whole run per connection count, instead of `connections`.
+    pub sweep: Vec<usize>,
+    /// Where to draw the chart.
+    pub plot: Option<std::path::PathBuf>,
+    /// Where to write the per-second interval log.
+    pub hist_log: Option<std::path::PathBuf>,
+}
+
+/// The part of the run that counts: after the warm-up, for `--duration`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// When every worker started (the open loop's schedule starts here).
+    origin: Instant,
+    /// When measuring starts, after the warm-up.
+    start: Instant,
+    /// When measuring ends.
+    end: Instant,
+}
+
+impl Window {
+    /// Whether a message sent (or due) at `at` counts.
+    fn counts(&self, at: Instant) -> bool {
+        at >= self.start && at < self.end
+    }
 }
 
 /// Runs the benchmark and prints its report; an error if any message was
 /// wrong, any connection failed or could not be opened.
 pub fn run(options: &Options) -> Result<(), Error> {
     let stop = stop_on_interrupt()?;
+    // Fail on a path that cannot be written before the run, not after it.
+    let plot = options
+        .plot
+        .as_deref()
+        .map(plot::Plot::create)
+        .transpose()?;
+    let mut hist_log = options
+        .hist_log
+        .as_deref()
+        .map(hist::HistLog::create)
+        .transpose()?;
+    if options.sweep.is_empty() {
+        let (report, tally) = run_once(options, &stop, hist_log.take())?;
+        report::print(&report, options)?;
+        if let Some(plot) = plot {
+            plot.percentiles(&report)?;
+        }
+        return report.verdict(&tally);
+    }
+    let mut reports = Vec::new();
+    let mut first_failure = None;
+    for (n, &connections) in options.sweep.iter().enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let options = Options {
+            connections,
+            ..options.clone()
+        };
+        // The interval log holds the first run's intervals only: one log is
+        // one run's timeline.
+        let log = if n == 0 { hist_log.take() } else { None };
+        let (report, tally) = run_once(&options, &stop, log)?;
+        report::print_sweep_row(&report, &options, n == 0)?;
+        if let Err(err) = report.verdict(&tally) {
+            first_failure.get_or_insert(err);
+        }
+        reports.push(report);
+    }
+    if let Some(plot) = plot {
+        plot.sweep(&reports)?;
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// One whole run: open the connections, measure, add up the counts.
+fn run_once(
+    options: &Options,
+    stop: &Arc<AtomicBool>,
+    hist_log: Option<hist::HistLog>,
+) -> Result<(Report, Tally), Error> {
+    let stop = Arc::clone(stop);
     ensure_fd_limit(options.connections)?;
     // `resolve` never returns an empty list; the first address is the one
     // any client would try first.
     let dest = options.target.resolve()?[0];
     // The first connection proves the server is there; failing it is the
-    // plain "cannot connect" error, not a benchmark with N failures.
+    // plain "cannot connect" error, not a benchmark with N failures. (A
+    // daytime server closes it at once, so churn does not keep it.)
     let first = open_connection(dest, options, 0).map_err(|e| options.target.connect_error(e))?;
+    let first = (options.mode != Mode::Daytime).then_some(first);
     let threads = options.threads.clamp(1, options.connections);
     let shared = Arc::new(Shared::new(stop));
-    let mut first = Some(first);
+    let mut first = first;
     let workers = shares(options.connections, threads)
         .into_iter()
-        .map(|range| {
-            let worker = Worker::new(range, first.take(), dest, options, &shared);
+        .enumerate()
+        .map(|(number, range)| {
+            let mut worker = Worker::new(range, first.take(), dest, options, &shared);
+            worker.number = number;
             thread::Builder::new()
                 .name("bench".to_string())
                 .spawn(move || worker.run())
@@ -153,11 +257,23 @@ pub fn run(options: &Options) -> Result<(), Error> {
                 })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let start = watch(&workers, &shared, options);
-    let tally = collect(workers)?;
-    let report = Report::new(options, &tally, start);
-    report::print(&report, options)?;
-    report.verdict(&tally)
+    let origin = watch(&workers, &shared, options);
+    // `watch` returns when the run is over: the wall clock at its start is
+    // now less the time since.
+    let now = std::time::SystemTime::now();
+    let started_at = now.checked_sub(origin.elapsed()).unwrap_or(now);
+    let tally = collect(workers, options, origin + options.warmup)?;
+    let measure_start = origin + options.warmup;
+    let report = Report::new(options, &tally, measure_start)?;
+    if let Some(log) = hist_log {
+        let elapsed = report.duration();
+        log.write(
+            started_at + options.warmup,
+            tally.intervals.as_deref().unwrap_or_default(),
+            elapsed.saturating_sub(Duration::from_secs(elapsed.as_secs())),
+        )?;
+    }
+    Ok((report, tally))
 }
 
 /// Counters the workers share with the live line, updated once per round.
@@ -175,6 +291,9 @@ struct Shared {
     /// When measuring starts; `None` until every worker is ready.
     start: Mutex<Option<Instant>>,
     started: Condvar,
+    /// When the ramp began: every worker's `--connect-rate` slots count
+    /// from this one moment, so threads started late do not bunch up.
+    ramp_start: Instant,
 }
 
 impl Shared {
@@ -187,12 +306,26 @@ impl Shared {
             errors: AtomicU64::new(0),
             stop,
             start: Mutex::new(None),
+            ramp_start: Instant::now(),
             started: Condvar::new(),
         }
     }
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Adds a round's counts to the ones the live line shows.
+    fn publish(&self, round_trips: u64, mismatches: u64, errors: u64) {
+        if round_trips > 0 {
+            self.round_trips.fetch_add(round_trips, Ordering::Relaxed);
+        }
+        if mismatches > 0 {
+            self.mismatches.fetch_add(mismatches, Ordering::Relaxed);
+        }
+        if errors > 0 {
+            self.errors.fetch_add(errors, Ordering::Relaxed);
+        }
     }
 
     /// Starts the measurement for every worker, now.
@@ -288,8 +421,8 @@ struct Conn {
     stream: TcpStream,
     /// The connection's number, from which its messages are derived.
     index: u64,
-    /// When its message of the current round was written.
-    sent_at: Instant,
+    /// When each message in flight was written, by round % `--pipeline`.
+    sent_at: Vec<Instant>,
     /// It failed this round; it is dropped at the end of the round.
     failed: bool,
     /// Chargen: bytes received so far, modulo the pattern's cycle.
@@ -299,8 +432,17 @@ struct Conn {
 /// What one worker counted.
 #[derive(Debug)]
 struct Tally {
-    /// Round-trip latencies of the measured rounds, in nanoseconds.
-    latency_ns: Histogram<u64>,
+    /// Latencies of the measured messages, in microseconds.
+    latency: Histogram<u64>,
+    /// Open loop: the same from each message's actual write.
+    service: Histogram<u64>,
+    /// With `--hist-log`: `latency` again, one histogram per second of
+    /// the measurement (by when each message completed).
+    intervals: Option<Vec<Histogram<u64>>>,
+    /// When measuring started, for `intervals`.
+    measure_start: Instant,
+    /// Bytes read, for churn's throughput.
+    bytes_in: u64,
     round_trips: u64,
     mismatches: u64,
     connect_failures: u64,
@@ -316,11 +458,13 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> Result<Tally, Error> {
-        let latency_ns = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)
-            .map_err(|err| Error::Failed(format!("cannot make a histogram: {err}")))?;
+    fn new(intervals: bool, measure_start: Instant) -> Result<Tally, Error> {
         Ok(Tally {
-            latency_ns,
+            latency: hist::new_histogram()?,
+            service: hist::new_histogram()?,
+            intervals: intervals.then(Vec::new),
+            measure_start,
+            bytes_in: 0,
             round_trips: 0,
             mismatches: 0,
             connect_failures: 0,
@@ -335,9 +479,17 @@ impl Tally {
 
     /// Adds another worker's counts to these.
     fn merge(&mut self, other: Tally) -> Result<(), Error> {
-        self.latency_ns
-            .add(&other.latency_ns)
-            .map_err(|err| Error::Failed(format!("cannot merge histograms: {err:?}")))?;
+        hist::add(&mut self.latency, &other.latency)?;
+        hist::add(&mut self.service, &other.service)?;
+        if let (Some(into), Some(from)) = (&mut self.intervals, &other.intervals) {
+            for (n, histogram) in from.iter().enumerate() {
+                if n == into.len() {
+                    into.push(hist::new_histogram()?);
+                }
+                hist::add(&mut into[n], histogram)?;
+            }
+        }
+        self.bytes_in += other.bytes_in;
         self.round_trips += other.round_trips;
         self.mismatches += other.mismatches;
         self.connect_failures += other.connect_failures;
@@ -371,6 +523,10 @@ struct Worker {
     /// How many of `conns` (from the front) have echoed once; the rest are
     /// the ramp batch just opened.
     confirmed: usize,
+    /// The measurement's window, once it started.
+    window: Window,
+    /// This worker's number, for the `--connect-rate` schedule.
+    number: usize,
 }
 
 impl Worker {
@@ -391,18 +547,39 @@ impl Worker {
             outgoing: vec![0; options.size],
             incoming: vec![0; options.size],
             confirmed: 0,
+            window: Window {
+                origin: Instant::now(),
+                start: Instant::now(),
+                end: Instant::now(),
+            },
+            number: 0,
         }
     }
 
     /// Opens the connections, waits for the start, runs rounds until the
     /// deadline and returns the counts.
     fn run(mut self) -> Result<Tally, Error> {
-        let mut tally = Tally::new()?;
+        let mut tally = Tally::new(self.options.hist_log.is_some(), Instant::now())?;
+        if self.options.mode == Mode::Daytime {
+            return churn::run(&self, tally);
+        }
         self.ramp(&mut tally);
         self.shared.ready.fetch_add(1, Ordering::SeqCst);
-        let deadline = self.shared.wait_for_start() + self.options.duration;
-        self.measure(deadline, &mut tally);
-        tally.finished = Some(Instant::now());
+        let origin = self.shared.wait_for_start();
+        let start = origin + self.options.warmup;
+        self.window = Window {
+            origin,
+            start,
+            end: start + self.options.duration,
+        };
+        tally.measure_start = start;
+        match self.options.rate {
+            Some(rate) => self.measure_open(rate, self.window, &mut tally)?,
+            None => {
+                self.measure(self.window.end, &mut tally);
+                tally.finished = Some(Instant::now());
+            }
+        }
         Ok(tally)
     }
 
@@ -413,10 +590,10 @@ impl Worker {
         match self.options.mode {
             Mode::Echo => {
                 self.send_all(self.confirmed, 0, tally);
-                self.receive_all(self.confirmed, 0, false, tally);
+                self.receive_all(self.confirmed, 0, None, tally);
             }
             Mode::Chargen => self.download(self.confirmed, 0, tally),
-            Mode::Discard => {}
+            Mode::Discard | Mode::Daytime => {}
         }
     }
 
@@ -441,6 +618,7 @@ impl Worker {
                     round += 1;
                 }
             }
+            Mode::Daytime => {}
         }
     }
 
@@ -450,14 +628,16 @@ impl Worker {
             conns,
             outgoing,
             options,
+            window,
             ..
         } = self;
         let errors = tally.errors;
         let mut moved = 0;
         for conn in conns.iter_mut() {
             send(conn, outgoing, round, tally, options.timeout);
-            if !conn.failed {
-                tally.record_latency(conn.sent_at);
+            let sent_at = conn.sent_at[0];
+            if !conn.failed && window.counts(sent_at) {
+                tally.record(sent_at.elapsed(), Instant::now());
                 moved += 1;
             }
         }
@@ -497,6 +677,7 @@ impl Worker {
             conns,
             incoming,
             options,
+            window,
             ..
         } = self;
         let (mismatches, errors) = (tally.mismatches, tally.errors);
@@ -507,8 +688,8 @@ impl Worker {
                 tally.fail(conn, round, "receive", &err, options.timeout);
                 continue;
             }
-            if round > 0 {
-                tally.record_latency(started);
+            if round > 0 && window.counts(started) {
+                tally.record(started.elapsed(), Instant::now());
                 moved += 1;
             }
             if let Some(at) = chargen_mismatch(conn.position, incoming) {
@@ -529,15 +710,23 @@ impl Worker {
         self.publish(moved, tally.mismatches - mismatches, tally.errors - errors);
     }
 
-    /// Echo rounds until `deadline`: every connection always has one
-    /// message in flight; the last round is read back without sending more.
+    /// Echo rounds until `deadline`: every connection always has
+    /// `--pipeline` messages in flight; at the end the messages still in
+    /// flight are read back without sending more.
     fn measure_echo(&mut self, deadline: Instant, tally: &mut Tally) {
+        let pipeline = self.options.pipeline as u64;
+        for round in 1..=pipeline {
+            self.send_all(0, round, tally);
+        }
         let mut round = 1;
-        self.send_all(0, round, tally);
         while !self.conns.is_empty() {
             let last = Instant::now() >= deadline || self.shared.stopping();
-            self.receive_all(0, round, !last, tally);
+            let next = (!last).then_some(round + pipeline);
+            self.receive_all(0, round, next, tally);
             if last {
+                for round in round + 1..round + pipeline {
+                    self.receive_all(0, round, None, tally);
+                }
                 return;
             }
             round += 1;
@@ -553,6 +742,10 @@ impl Worker {
         while next < self.range.end && !self.shared.stopping() {
             let batch_end = (next + batch).min(self.range.end);
             for index in next..batch_end {
+                if let Some(at) = connect_time(&self.options, self.number, index - self.range.start)
+                {
+                    sleep_until(self.shared.ramp_start + at);
+                }
                 if failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
                     tally.connect_failures += 1; // not tried: see MAX_FAILURES_IN_A_ROW
                 } else if self.open(index, tally) {
@@ -584,7 +777,7 @@ impl Worker {
                 self.conns.push(Conn {
                     stream,
                     index: index as u64,
-                    sent_at: Instant::now(),
+                    sent_at: vec![Instant::now(); self.options.pipeline],
                     failed: false,
                     position: 0,
                 });
@@ -617,14 +810,16 @@ impl Worker {
     /// checks it; with `send_next`, writes that connection's next message
     /// as soon as its echo is in, so the server never runs out of work
     /// while the client reads. Failed connections are dropped afterwards.
-    fn receive_all(&mut self, from: usize, round: u64, send_next: bool, tally: &mut Tally) {
+    fn receive_all(&mut self, from: usize, round: u64, send_next: Option<u64>, tally: &mut Tally) {
         let Worker {
             conns,
             outgoing,
             incoming,
             options,
+            window,
             ..
         } = self;
+        let pipeline = options.pipeline as u64;
         let (mismatches, errors) = (tally.mismatches, tally.errors);
         let mut round_trips = 0;
         for conn in conns[from..].iter_mut().filter(|conn| !conn.failed) {
@@ -632,16 +827,18 @@ impl Worker {
                 tally.fail(conn, round, "receive", &err, options.timeout);
                 continue;
             }
-            if round > 0 {
-                tally.record_latency(conn.sent_at);
+            let sent_at = conn.sent_at[(round % pipeline) as usize];
+            if round > 0 && window.counts(sent_at) {
+                let done = Instant::now();
+                tally.record(done - sent_at, done);
                 round_trips += 1;
             }
             fill_message(outgoing, conn.index, round);
             if incoming != outgoing {
                 tally.mismatch(conn.index, round, outgoing, incoming);
             }
-            if send_next {
-                send(conn, outgoing, round + 1, tally, options.timeout);
+            if let Some(next) = send_next {
+                send(conn, outgoing, next, tally, options.timeout);
             }
         }
         // One pass over flags; cheap next to a system call per connection.
@@ -656,14 +853,7 @@ impl Worker {
 
     /// Adds a round's counts to the shared ones the live line shows.
     fn publish(&self, round_trips: u64, mismatches: u64, errors: u64) {
-        let shared = &self.shared;
-        shared.round_trips.fetch_add(round_trips, Ordering::Relaxed);
-        if mismatches > 0 {
-            shared.mismatches.fetch_add(mismatches, Ordering::Relaxed);
-        }
-        if errors > 0 {
-            shared.errors.fetch_add(errors, Ordering::Relaxed);
-        }
+        self.shared.publish(round_trips, mismatches, errors);
     }
 }
 
@@ -693,21 +883,41 @@ impl Tally {
         };
         *count += 1;
         if first.is_none() {
-            let why = match err.kind() {
-                io::ErrorKind::UnexpectedEof => "the server closed the connection".to_string(),
-                _ if is_timeout(err) => {
-                    format!("timed out after {} s (--timeout)", timeout.as_secs_f64())
-                }
-                _ => err.to_string(),
-            };
-            *first = Some(format!("conn {}: {doing}: {why}", conn.index));
+            *first = Some(format!(
+                "conn {}: {doing}: {}",
+                conn.index,
+                why(err, timeout)
+            ));
         }
     }
 
-    /// Records the latency of a message that started at `since`.
-    fn record_latency(&mut self, since: Instant) {
-        let nanos = since.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
-        self.latency_ns.saturating_record(nanos);
+    /// Counts an open-loop connection that failed after the ramp.
+    fn fail_open(&mut self, index: u64, doing: &str, err: &io::Error, timeout: Duration) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(format!("conn {index}: {doing}: {}", why(err, timeout)));
+        }
+    }
+
+    /// Records one measured message's latency; it completed at `done`.
+    fn record(&mut self, latency: Duration, done: Instant) {
+        let micros = hist::micros(latency);
+        self.latency.saturating_record(micros);
+        if let Some(intervals) = &mut self.intervals {
+            let second = done.saturating_duration_since(self.measure_start).as_secs() as usize;
+            while intervals.len() <= second {
+                match hist::new_histogram() {
+                    Ok(histogram) => intervals.push(histogram),
+                    Err(_) => return, // cannot happen with constant bounds
+                }
+            }
+            intervals[second].saturating_record(micros);
+        }
+    }
+
+    /// Records one open-loop message's time from its actual write.
+    fn record_service(&mut self, latency: Duration) {
+        self.service.saturating_record(hist::micros(latency));
     }
 
     /// Counts an echo that differs from the message sent.
@@ -749,10 +959,38 @@ impl Tally {
     }
 }
 
+/// Why an I/O error happened, in words for the report.
+fn why(err: &io::Error, timeout: Duration) -> String {
+    match err.kind() {
+        io::ErrorKind::UnexpectedEof => "the server closed the connection".to_string(),
+        _ if is_timeout(err) => format!("timed out after {} s (--timeout)", timeout.as_secs_f64()),
+        _ => err.to_string(),
+    }
+}
+
+/// With `--connect-rate`, when (after the ramp starts) worker `worker`
+/// opens its `nth` connection: the workers take turns, so the whole client
+/// opens at most the rate, evenly spread.
+fn connect_time(options: &Options, worker: usize, nth: usize) -> Option<Duration> {
+    let rate = options.connect_rate?;
+    let threads = options.threads.clamp(1, options.connections);
+    let slot = nth * threads + worker;
+    Some(Duration::from_secs_f64(slot as f64 / rate))
+}
+
+/// Sleeps until `at` (at once if it has passed).
+fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        thread::sleep(at - now);
+    }
+}
+
 /// Writes `conn`'s message of `round` (built in `outgoing`) and notes when.
 fn send(conn: &mut Conn, outgoing: &mut [u8], round: u64, tally: &mut Tally, timeout: Duration) {
     fill_message(outgoing, conn.index, round);
-    conn.sent_at = Instant::now();
+    let slot = (round % conn.sent_at.len() as u64) as usize;
+    conn.sent_at[slot] = Instant::now();
     if let Err(err) = conn.stream.write_all(outgoing) {
         tally.fail(conn, round, "send", &err, timeout);
     }
@@ -833,8 +1071,12 @@ fn watch(
 }
 
 /// Joins the workers and adds up their counts.
-fn collect(workers: Vec<JoinHandle<Result<Tally, Error>>>) -> Result<Tally, Error> {
-    let mut total = Tally::new()?;
+fn collect(
+    workers: Vec<JoinHandle<Result<Tally, Error>>>,
+    options: &Options,
+    measure_start: Instant,
+) -> Result<Tally, Error> {
+    let mut total = Tally::new(options.hist_log.is_some(), measure_start)?;
     for worker in workers {
         let tally = worker
             .join()

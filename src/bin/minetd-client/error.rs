@@ -35,6 +35,9 @@ pub enum Error {
     /// A failure that is not an OS error (an echo that came back short, a
     /// benchmark that saw mismatches).
     Failed(String),
+    /// Input that is wrong in a way only the command itself can see (a
+    /// `merge` file that is not a bench result): exit status 2.
+    Usage(String),
 }
 
 impl fmt::Display for Error {
@@ -51,7 +54,7 @@ impl fmt::Display for Error {
                 timeout.as_secs_f64()
             ),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Failed(message) => f.write_str(message),
+            Error::Failed(message) | Error::Usage(message) => f.write_str(message),
         }
     }
 }
@@ -60,7 +63,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Connect { source, .. } | Error::Io { source, .. } => Some(source),
-            Error::Timeout { .. } | Error::Failed(_) => None,
+            Error::Timeout { .. } | Error::Failed(_) | Error::Usage(_) => None,
         }
     }
 }

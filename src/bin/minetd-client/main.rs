@@ -91,17 +91,32 @@ enum Command {
     /// connect failures (including connections closed before their first
     /// echo) and errors. Any mismatch, connect failure or error makes the
     /// exit status 1. Ctrl-C ends the run early, with a report.
+    ///
+    /// With --rate the loop is open: each connection sends on its own fixed
+    /// schedule, and latency runs from when each message was due.
     Bench(BenchArgs),
+    /// Combine `bench --json` results taken at the same time (several
+    /// machines or processes): counts and rates summed, percentiles from
+    /// the merged histograms
+    Merge {
+        /// Files of `bench --json` output (one object each, or JSON lines)
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+        /// Print the result as one JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `bench`; see [`bench::Options`] for what each one means.
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// Server address, HOST:PORT [default: 127.0.0.1:7007, or the mode's
-    /// service port: discard 7009, chargen 7019]
+    /// service port: discard 7009, chargen 7019, daytime 7013]
     addr: Option<Target>,
     /// echo: round trips; discard: upload only; chargen: download only,
-    /// every byte checked against RFC 864's pattern
+    /// every byte checked against RFC 864's pattern; daytime: connection
+    /// churn, one checked line per connection
     #[arg(long, value_enum, default_value = "echo")]
     mode: bench::Mode,
     /// Connections to hold open at once
@@ -126,16 +141,49 @@ struct BenchArgs {
     /// Print the result as one JSON object on stdout
     #[arg(long)]
     json: bool,
+    /// Open loop: R messages per second in total, each connection on its
+    /// own staggered schedule; latency counts from when each was due
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Messages in flight per connection, echoes checked in order (echo
+    /// mode; K times --size at most 65536)
+    #[arg(long, value_name = "K", default_value = "1",
+          value_parser = clap::value_parser!(u32).range(1..=bench::MAX_SIZE))]
+    pipeline: u32,
+    /// Seconds of load before measuring; nothing from them counts
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_warmup)]
+    warmup: Duration,
+    /// Open at most R connections per second while ramping
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    connect_rate: Option<f64>,
+    /// One whole run per connection count, in order, instead of --connections
+    #[arg(long, value_name = "N,...", value_parser = parse_sweep)]
+    sweep: Option<Sweep>,
+    /// Draw an SVG chart: the latency percentiles, or for a sweep rps and
+    /// p50/p99 against connections
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
+    /// Write each second's latency histogram as an HdrHistogram interval log
+    #[arg(long, value_name = "FILE")]
+    hist_log: Option<std::path::PathBuf>,
 }
+
+/// `--sweep`'s connection counts.
+#[derive(Debug, Clone)]
+struct Sweep(Vec<usize>);
 
 fn main() -> ExitCode {
     let cli = match parse() {
-        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Run(cli)) => *cli,
         Ok(Parsed::Generate(kind)) => return print_generated(&kind),
         Err(err) => return usage_error(&err),
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Usage(line)) => {
+            let _ = writeln!(io::stderr(), "minetd-client: {line}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             // If stderr itself is gone there is nobody left to tell.
             let _ = writeln!(io::stderr(), "minetd-client: {err}");
@@ -146,7 +194,7 @@ fn main() -> ExitCode {
 
 /// What the command line asks for.
 enum Parsed {
-    Run(Cli),
+    Run(Box<Cli>),
     /// `--generate KIND`, which needs no command.
     Generate(String),
 }
@@ -167,7 +215,7 @@ fn parse() -> Result<Parsed, clap::Error> {
         let kind = clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
         return Err(clap::Error::new(kind));
     }
-    Ok(Parsed::Run(Cli::from_arg_matches(&matches)?))
+    Ok(Parsed::Run(Box::new(Cli::from_arg_matches(&matches)?)))
 }
 
 /// The command line's definition: `--help`, parsing, the manual page and the
@@ -208,7 +256,7 @@ fn usage_error(err: &clap::Error) -> ExitCode {
     }
     let line = if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         // clap would print the whole help here; one line says the same.
-        "missing command: echo, daytime, request, head or bench (see --help)".to_string()
+        "missing command: echo, daytime, request, head, bench or merge (see --help)".to_string()
     } else {
         one_line(err)
     };
@@ -264,7 +312,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             // HTTP/1.0 without keep-alive: the server closes after the response.
             pump::print_until_close(&mut stream, &peer)
         }
-        Command::Bench(args) => bench::run(&bench_options(args, timeout)),
+        Command::Bench(args) => bench::run(&bench_options(args, timeout)?),
+        Command::Merge { files, json } => bench::merge::run(&files, json),
     }
 }
 
@@ -296,8 +345,30 @@ fn head_request(target: &Target, path: &str) -> String {
     )
 }
 
-/// Turns `bench` arguments into the benchmark's options.
-fn bench_options(args: BenchArgs, timeout: Duration) -> bench::Options {
+/// Turns `bench` arguments into the benchmark's options; combinations
+/// clap cannot check are usage errors here.
+fn bench_options(args: BenchArgs, timeout: Duration) -> Result<bench::Options, Error> {
+    let in_flight = u64::from(args.pipeline) * u64::from(args.size);
+    if in_flight > bench::MAX_SIZE as u64 {
+        return Err(Error::Usage(format!(
+            "--pipeline {} × --size {} is {in_flight} bytes in flight per connection, over {}",
+            args.pipeline,
+            args.size,
+            bench::MAX_SIZE
+        )));
+    }
+    if args.mode != bench::Mode::Echo {
+        let echo_only = [
+            (args.rate.is_some(), "--rate"),
+            (args.pipeline > 1, "--pipeline"),
+        ];
+        if let Some((_, option)) = echo_only.iter().find(|(given, _)| *given) {
+            return Err(Error::Usage(format!(
+                "{option} needs --mode echo, not --mode {}",
+                args.mode.name()
+            )));
+        }
+    }
     let threads = args.threads.map_or_else(default_threads, |t| t as usize);
     let target = args.addr.unwrap_or_else(|| {
         args.mode
@@ -305,7 +376,7 @@ fn bench_options(args: BenchArgs, timeout: Duration) -> bench::Options {
             .parse()
             .expect("default addresses parse")
     });
-    bench::Options {
+    Ok(bench::Options {
         mode: args.mode,
         target,
         connections: args.connections as usize,
@@ -315,7 +386,52 @@ fn bench_options(args: BenchArgs, timeout: Duration) -> bench::Options {
         source_addrs: args.source_addrs,
         json: args.json,
         timeout,
+        rate: args.rate,
+        pipeline: args.pipeline as usize,
+        warmup: args.warmup,
+        connect_rate: args.connect_rate,
+        sweep: args.sweep.map(|sweep| sweep.0).unwrap_or_default(),
+        plot: args.plot,
+        hist_log: args.hist_log,
+    })
+}
+
+/// Parses a positive rate per second, fractions allowed.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| "expected a number per second".to_string())?;
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err("must be more than 0 per second".to_string());
     }
+    Ok(rate)
+}
+
+/// Parses `--warmup`: seconds, 0 allowed.
+fn parse_warmup(text: &str) -> Result<Duration, String> {
+    if text.parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
+/// Parses `--sweep`: connection counts, comma-separated, none empty or 0.
+fn parse_sweep(text: &str) -> Result<Sweep, String> {
+    text.split(',')
+        .enumerate()
+        .map(|(n, entry)| match entry.trim().parse::<usize>() {
+            _ if entry.trim().is_empty() => Err(format!("entry {} is empty", n + 1)),
+            Ok(0) => Err(format!("entry {} is 0 connections", n + 1)),
+            Ok(count) if count as i64 > bench::MAX_CONNECTIONS => Err(format!(
+                "entry {} is over {} connections",
+                n + 1,
+                bench::MAX_CONNECTIONS
+            )),
+            Ok(count) => Ok(count),
+            Err(_) => Err(format!("entry {} is not a number of connections", n + 1)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Sweep)
 }
 
 /// One bench thread per CPU: each thread keeps its core busy with blocking

@@ -5,8 +5,9 @@ use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Mode, Options, Shared, Tally};
-use crate::addr::Target;
+use hdrhistogram::Histogram;
+
+use super::{Mode, Options, Shared, Tally, hist};
 use crate::error::Error;
 
 /// How often the live line and the ramp progress are refreshed.
@@ -77,73 +78,107 @@ impl LiveLine {
 /// The figures the benchmark reports.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Report {
-    mode: Mode,
+    pub(super) mode: Mode,
     /// Connections opened and confirmed (requested minus connect failures).
-    connections: u64,
-    size: usize,
-    duration_s: f64,
-    round_trips: u64,
+    pub(super) connections: u64,
+    pub(super) size: usize,
+    pub(super) duration_s: f64,
+    pub(super) round_trips: u64,
     /// Round trips per second.
-    rps: f64,
+    pub(super) rps: f64,
     /// Megabytes (10^6 bytes) per second each way: echoed payload only,
     /// without TCP/IP headers.
-    mbps: f64,
-    /// Closed-loop latency in microseconds: p50, p90, p99, p99.9, max.
-    latency_us: [f64; 5],
-    mismatches: u64,
-    connect_failures: u64,
-    errors: u64,
+    pub(super) mbps: f64,
+    /// Latency in microseconds: closed loop from the write, open loop from
+    /// when each message was due.
+    pub(super) latency: Histogram<u64>,
+    /// Open loop: the target rate and the latency from the actual write.
+    pub(super) rate: Option<f64>,
+    pub(super) service: Option<Histogram<u64>>,
+    pub(super) pipeline: usize,
+    pub(super) mismatches: u64,
+    pub(super) connect_failures: u64,
+    pub(super) errors: u64,
+}
+
+/// p50, p90, p99, p99.9 and max of a histogram in microseconds (all 0 when
+/// nothing was recorded).
+pub(super) fn percentiles(histogram: &Histogram<u64>) -> [f64; 5] {
+    if histogram.is_empty() {
+        return [0.0; 5];
+    }
+    [
+        histogram.value_at_quantile(0.50) as f64,
+        histogram.value_at_quantile(0.90) as f64,
+        histogram.value_at_quantile(0.99) as f64,
+        histogram.value_at_quantile(0.999) as f64,
+        histogram.max() as f64,
+    ]
+}
+
+/// The percentiles as the JSON object `{"p50":…,"max":…}`.
+fn percentiles_json(histogram: &Histogram<u64>) -> String {
+    let [p50, p90, p99, p999, max] = percentiles(histogram);
+    format!(
+        "{{\"p50\":{p50:.1},\"p90\":{p90:.1},\"p99\":{p99:.1},\"p999\":{p999:.1},\"max\":{max:.1}}}"
+    )
+}
+
+/// The percentiles as one line of text.
+fn percentiles_text(histogram: &Histogram<u64>) -> String {
+    let [p50, p90, p99, p999, max] = percentiles(histogram);
+    format!("p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}")
 }
 
 impl Report {
-    pub(super) fn new(options: &Options, tally: &Tally, start: Instant) -> Report {
+    pub(super) fn new(options: &Options, tally: &Tally, start: Instant) -> Result<Report, Error> {
         let duration = tally
             .finished
             .map_or(Duration::ZERO, |end| end.saturating_duration_since(start));
         let duration_s = duration.as_secs_f64();
-        let rps = if duration_s > 0.0 {
-            tally.round_trips as f64 / duration_s
-        } else {
-            0.0
-        };
-        let latency = &tally.latency_ns;
-        let us = |nanos: u64| {
-            if latency.is_empty() {
-                0.0
+        let per_second = |n: f64| {
+            if duration_s > 0.0 {
+                n / duration_s
             } else {
-                nanos as f64 / 1000.0
+                0.0
             }
         };
-        Report {
+        let rps = per_second(tally.round_trips as f64);
+        let (size, mbps) = match options.mode {
+            // Replies differ in length: count the bytes read.
+            Mode::Daytime => (0, per_second(tally.bytes_in as f64) / 1e6),
+            _ => (options.size, rps * options.size as f64 / 1e6),
+        };
+        Ok(Report {
             mode: options.mode,
             connections: tally.opened,
-            size: options.size,
+            size,
             duration_s,
             round_trips: tally.round_trips,
             rps,
-            mbps: rps * options.size as f64 / 1e6,
-            latency_us: [
-                us(latency.value_at_quantile(0.50)),
-                us(latency.value_at_quantile(0.90)),
-                us(latency.value_at_quantile(0.99)),
-                us(latency.value_at_quantile(0.999)),
-                us(latency.max()),
-            ],
+            mbps,
+            latency: tally.latency.clone(),
+            rate: options.rate,
+            service: options.rate.map(|_| tally.service.clone()),
+            pipeline: options.pipeline,
             mismatches: tally.mismatches,
             connect_failures: tally.connect_failures,
             errors: tally.errors,
-        }
+        })
+    }
+
+    /// How long the measurement ran.
+    pub(super) fn duration(&self) -> Duration {
+        Duration::try_from_secs_f64(self.duration_s).unwrap_or_default()
     }
 
     /// The report as one JSON object, keys as in the contract.
-    fn json(&self) -> String {
-        let [p50, p90, p99, p999, max] = self.latency_us;
-        format!(
+    pub(super) fn json(&self) -> Result<String, Error> {
+        let mut json = format!(
             concat!(
                 "{{\"connections\":{},\"size\":{},\"duration_s\":{:.3},\"round_trips\":{},",
-                "\"rps\":{:.1},\"mbps\":{:.3},\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},",
-                "\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},\"mismatches\":{},",
-                "\"connect_failures\":{},\"errors\":{}}}\n"
+                "\"rps\":{:.1},\"mbps\":{:.3},\"latency_us\":{},\"mismatches\":{},",
+                "\"connect_failures\":{},\"errors\":{},\"mode\":\"{}\""
             ),
             self.connections,
             self.size,
@@ -151,26 +186,38 @@ impl Report {
             self.round_trips,
             self.rps,
             self.mbps,
-            p50,
-            p90,
-            p99,
-            p999,
-            max,
+            percentiles_json(&self.latency),
             self.mismatches,
             self.connect_failures,
             self.errors,
-        )
+            self.mode.name(),
+        );
+        if let Some(rate) = self.rate {
+            json.push_str(&format!(",\"rate\":{rate}"));
+        }
+        if let Some(service) = &self.service {
+            json.push_str(&format!(",\"service_us\":{}", percentiles_json(service)));
+        }
+        json.push_str(&format!(
+            ",\"histogram\":\"{}\"}}\n",
+            hist::encode(&self.latency)?
+        ));
+        Ok(json)
     }
 
-    /// The report as aligned text for people.
-    fn text(&self, target: &Target, threads: usize) -> String {
-        let [p50, p90, p99, p999, max] = self.latency_us;
-        let threads = if threads == 1 {
-            "1 thread".to_string()
-        } else {
-            format!("{threads} threads")
-        };
+    /// The report as aligned text for people, under `title`.
+    pub(super) fn text(&self, title: &str) -> String {
         let (moved, direction, measured) = match self.mode {
+            Mode::Echo if self.rate.is_some() => (
+                "round trips",
+                "each way",
+                "open loop: from each message's scheduled send to its full echo",
+            ),
+            Mode::Echo if self.pipeline > 1 => (
+                "round trips",
+                "each way",
+                "closed loop: write to full echo, --pipeline messages in flight per connection",
+            ),
             Mode::Echo => (
                 "round trips",
                 "each way",
@@ -186,27 +233,91 @@ impl Report {
                 "from the server",
                 "each message's blocking read, connections in turn",
             ),
+            Mode::Daytime => (
+                "connections made",
+                "from the server",
+                "from the start of connect to the server's close",
+            ),
         };
-        format!(
-            "bench {target}: {} connections, {}-byte messages, {threads}, {:.2} s\n\
+        let messages = match self.mode {
+            Mode::Daytime => "one daytime line each".to_string(),
+            _ => format!("{}-byte messages", self.size),
+        };
+        let mut text = format!(
+            "{title}: {} connections, {messages}, {:.2} s\n\
              {moved:18}{} ({:.1} per second)\n\
              throughput        {:.3} MB/s {direction} (10^6 bytes of payload)\n\
-             latency (µs)      p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}\n\
-             {:18}{measured}\n\
-             mismatches        {}\n\
-             connect failures  {}\n\
-             errors            {}\n",
+             latency (µs)      {}\n\
+             {:18}{measured}\n",
             self.connections,
-            self.size,
             self.duration_s,
             self.round_trips,
             self.rps,
             self.mbps,
+            percentiles_text(&self.latency),
             "",
+        );
+        if let (Some(rate), Some(service)) = (self.rate, &self.service) {
+            text.push_str(&format!(
+                "service (µs)      {}\n\
+                 {:18}from each message's actual write; target {rate} per second\n",
+                percentiles_text(service),
+                ""
+            ));
+        }
+        text.push_str(&format!(
+            "mismatches        {}\n\
+             connect failures  {}\n\
+             errors            {}\n",
+            self.mismatches, self.connect_failures, self.errors,
+        ));
+        text
+    }
+
+    /// One row of the sweep's table (with its header first).
+    fn row(&self, header: bool) -> String {
+        let [p50, p90, p99, p999, max] = percentiles(&self.latency);
+        let mut text = String::new();
+        if header {
+            text.push_str(&format!(
+                "{:>11} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}\n",
+                "connections",
+                "round_trips",
+                "rps",
+                "p50_us",
+                "p90_us",
+                "p99_us",
+                "p999_us",
+                "max_us",
+                "mismatches",
+                "cfail",
+                "errors"
+            ));
+        }
+        text.push_str(&format!(
+            "{:>11} {:>12} {:>12.1} {p50:>10.1} {p90:>10.1} {p99:>10.1} {p999:>10.1} {max:>10.1} {:>10} {:>8} {:>8}\n",
+            self.connections,
+            self.round_trips,
+            self.rps,
             self.mismatches,
             self.connect_failures,
             self.errors,
-        )
+        ));
+        text
+    }
+
+    /// Says on stderr when the open loop fell short of its rate.
+    fn warn_if_short(&self) {
+        if let Some(rate) = self.rate
+            && self.rps < 0.95 * rate
+        {
+            let _ = writeln!(
+                io::stderr(),
+                "minetd-client: bench achieved {:.1} round trips per second, {:.1}% of --rate {rate}",
+                self.rps,
+                100.0 * self.rps / rate
+            );
+        }
     }
 
     /// Success, or the one-line failure naming the first of each problem.
@@ -242,10 +353,36 @@ fn count(n: u64, one: &str, many: &str) -> String {
 pub(super) fn print(report: &Report, options: &Options) -> Result<(), Error> {
     let threads = options.threads.clamp(1, options.connections);
     let text = if options.json {
-        report.json()
+        report.json()?
     } else {
-        report.text(&options.target, threads)
+        let threads = if threads == 1 {
+            "1 thread".to_string()
+        } else {
+            format!("{threads} threads")
+        };
+        report.text(&format!("bench {} ({threads})", options.target))
     };
+    report.warn_if_short();
+    write_stdout(&text)
+}
+
+/// Prints one run of a sweep: a JSON line, or a row of the table.
+pub(super) fn print_sweep_row(
+    report: &Report,
+    options: &Options,
+    first: bool,
+) -> Result<(), Error> {
+    let text = if options.json {
+        report.json()?
+    } else {
+        report.row(first)
+    };
+    report.warn_if_short();
+    write_stdout(&text)
+}
+
+/// Writes `text` to stdout; a closed stdout is not an error.
+pub(super) fn write_stdout(text: &str) -> Result<(), Error> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(Error::Io {
@@ -261,6 +398,10 @@ mod tests {
     use super::*;
 
     fn report() -> Report {
+        let mut latency = hist::new_histogram().unwrap();
+        for value in [10, 20, 30, 40, 50] {
+            latency.record_n(value, 200).unwrap();
+        }
         Report {
             mode: Mode::Echo,
             connections: 10,
@@ -269,7 +410,10 @@ mod tests {
             round_trips: 1000,
             rps: 500.0,
             mbps: 0.032,
-            latency_us: [10.0, 20.0, 30.0, 40.0, 50.0],
+            latency,
+            rate: None,
+            service: None,
+            pipeline: 1,
             mismatches: 0,
             connect_failures: 0,
             errors: 0,
@@ -278,18 +422,34 @@ mod tests {
 
     #[test]
     fn json_has_the_contract_keys_in_order() {
+        let json = report().json().unwrap();
+        let (head, histogram) = json.split_once(",\"histogram\":\"").unwrap();
         assert_eq!(
-            report().json(),
+            head,
             "{\"connections\":10,\"size\":64,\"duration_s\":2.000,\"round_trips\":1000,\
-             \"rps\":500.0,\"mbps\":0.032,\"latency_us\":{\"p50\":10.0,\"p90\":20.0,\
-             \"p99\":30.0,\"p999\":40.0,\"max\":50.0},\"mismatches\":0,\
-             \"connect_failures\":0,\"errors\":0}\n"
+             \"rps\":500.0,\"mbps\":0.032,\"latency_us\":{\"p50\":30.0,\"p90\":50.0,\
+             \"p99\":50.0,\"p999\":50.0,\"max\":50.0},\"mismatches\":0,\
+             \"connect_failures\":0,\"errors\":0,\"mode\":\"echo\""
+        );
+        let encoded = histogram.strip_suffix("\"}\n").unwrap();
+        assert_eq!(hist::decode(encoded).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn open_loop_json_adds_rate_and_service() {
+        let mut report = report();
+        report.rate = Some(2500.0);
+        report.service = Some(report.latency.clone());
+        let json = report.json().unwrap();
+        assert!(
+            json.contains(",\"mode\":\"echo\",\"rate\":2500,\"service_us\":{\"p50\":30.0,"),
+            "{json}"
         );
     }
 
     #[test]
     fn verdict_names_the_first_mismatch() {
-        let mut tally = Tally::new().unwrap();
+        let mut tally = Tally::new(false, Instant::now()).unwrap();
         tally.mismatch(7, 3, b"abc", b"abd");
         let mut report = report();
         report.mismatches = 1;
@@ -306,6 +466,10 @@ mod tests {
 
     #[test]
     fn clean_run_passes() {
-        assert!(report().verdict(&Tally::new().unwrap()).is_ok());
+        assert!(
+            report()
+                .verdict(&Tally::new(false, Instant::now()).unwrap())
+                .is_ok()
+        );
     }
 }
