@@ -9,23 +9,7 @@ use std::os::fd::AsRawFd;
 /// Asks the kernel to report, with every read, the bytes still queued.
 #[cfg(target_os = "linux")]
 pub(crate) fn report_queued_bytes(socket: &impl AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int
-    // on a descriptor the caller owns.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_TCP,
-            libc::TCP_INQ,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_flag(socket, libc::SOL_TCP, libc::TCP_INQ)
 }
 
 /// Not available: reads fall back to "a short read means drained".
@@ -100,10 +84,10 @@ pub(crate) fn bound_socket(
     // SAFETY: `fd` is a new descriptor nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     if kind == libc::SOCK_STREAM {
-        set_flag(&socket, libc::SO_REUSEADDR)?;
+        set_flag(&socket, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
     }
     if reuse_port {
-        set_flag(&socket, libc::SO_REUSEPORT)?;
+        set_flag(&socket, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
     }
     // SAFETY: all-zero is a valid sockaddr_storage; each arm writes a
     // complete sockaddr of its family into it and passes its exact length.
@@ -145,14 +129,14 @@ pub(crate) fn bound_socket(
     Ok(socket)
 }
 
-/// Turns on a boolean `SOL_SOCKET` option.
-fn set_flag(socket: &impl AsRawFd, option: libc::c_int) -> io::Result<()> {
+/// Turns on a boolean socket option.
+fn set_flag(socket: &impl AsRawFd, level: libc::c_int, option: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             option,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,

@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    STEP, Server, connect, connect_from, pseudo_random_bytes, read_to_eof, server_bin, wait_until,
+    STEP, Server, connect, connect_from, pseudo_random_bytes, read_to_eof, rss_kib, server_bin,
+    wait_until,
 };
 
 /// Writes `msg` and reads exactly its echo back.
@@ -22,16 +23,6 @@ fn round_trip(stream: &mut TcpStream, msg: &[u8]) {
     let mut back = vec![0; msg.len()];
     stream.read_exact(&mut back).expect("read echo");
     assert_eq!(back, msg, "echo differs");
-}
-
-/// Resident set size of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// Starts `minetd` with soft and hard `RLIMIT_NOFILE` set to `limit`, so

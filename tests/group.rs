@@ -78,6 +78,18 @@ fn without_reuse_port_a_second_process_cannot_bind_the_port() {
 /// namespace by [`stopping_one_of_a_group_loses_no_client`].
 const IN_NAMESPACE: &str = "MINETD_IN_NAMESPACE";
 
+/// Reads a daytime reply to EOF and counts it in `tally` as [`churn`]
+/// does: a line, a reset or other error, or a bad reply.
+fn count_reply(stream: &mut TcpStream, tally: &mut [u64; 4]) {
+    let _ = stream.set_read_timeout(Some(STEP));
+    let mut reply = Vec::new();
+    match stream.read_to_end(&mut reply) {
+        Ok(_) if is_daytime_line(&reply) => tally[0] += 1,
+        Ok(_) => tally[3] += 1,
+        Err(_) => tally[2] += 1,
+    }
+}
+
 /// Churn against `addr` until `stop`: connect, read to EOF, check the
 /// line. Returns (lines, connect failures, resets or other errors, bad
 /// replies).
@@ -91,13 +103,7 @@ fn churn(addr: SocketAddr, stop: &AtomicBool) -> [u64; 4] {
                 continue;
             }
         };
-        let _ = stream.set_read_timeout(Some(STEP));
-        let mut reply = Vec::new();
-        match stream.read_to_end(&mut reply) {
-            Ok(_) if is_daytime_line(&reply) => tally[0] += 1,
-            Ok(_) => tally[3] += 1,
-            Err(_) => tally[2] += 1,
-        }
+        count_reply(&mut stream, &mut tally);
         thread::sleep(Duration::from_millis(1));
     }
     tally
@@ -127,13 +133,7 @@ fn stop_with_a_full_queue(server: &mut Server, addr: SocketAddr) -> [u64; 4] {
     server.signal(libc::SIGTERM);
     server.signal(libc::SIGCONT);
     for mut stream in burst {
-        let _ = stream.set_read_timeout(Some(STEP));
-        let mut reply = Vec::new();
-        match stream.read_to_end(&mut reply) {
-            Ok(_) if is_daytime_line(&reply) => tally[0] += 1,
-            Ok(_) => tally[3] += 1,
-            Err(_) => tally[2] += 1,
-        }
+        count_reply(&mut stream, &mut tally);
     }
     let status = server.wait_exit(STEP).expect("exits within the grace");
     assert_eq!(status.code(), Some(0));

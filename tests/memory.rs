@@ -11,38 +11,16 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{STEP, Server, connect, connect_as_remote_peer, pseudo_random_bytes, wait_until};
+use common::{
+    STEP, Server, connect, connect_as_remote_peer, pseudo_random_bytes, raise_descriptor_limit,
+    rss_kib, wait_until,
+};
 
 /// What one hostile peer writes at most. Enough for a server without a
 /// budget to owe it a full `--max-pending` (measured: 500 such peers grow
 /// it by 32 MiB), little enough that 10,000 of them cost the kernel about
 /// a gigabyte of socket buffers rather than more than it allows TCP.
 const HOSTILE_BYTES: usize = 128 * 1024;
-
-/// Resident set size of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// Raises this process's soft descriptor limit to the hard one: the tests
-/// hold a socket per peer.
-fn raise_descriptor_limit() {
-    // SAFETY: getrlimit/setrlimit with a correctly sized struct we own.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-}
 
 /// Opens `count` peers that write up to [`HOSTILE_BYTES`] each and never
 /// read, and returns once the server has stopped taking their bytes (every

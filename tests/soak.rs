@@ -24,7 +24,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    STEP, Server, connect, connect_as_remote_peer, connect_from, pseudo_random_bytes, wait_until,
+    STEP, Server, connect, connect_as_remote_peer, connect_from, pseudo_random_bytes,
+    raise_descriptor_limit, rss_kib, wait_until,
 };
 use hdrhistogram::Histogram;
 
@@ -62,28 +63,6 @@ struct Tally {
     resets: AtomicU64,
     churned: AtomicU64,
     errors: AtomicU64,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-fn raise_descriptor_limit() {
-    // SAFETY: getrlimit/setrlimit with a correctly sized struct we own.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
 }
 
 /// Closes with SO_LINGER 0: a reset, not a FIN.

@@ -386,3 +386,28 @@ pub fn connect_as_remote_peer(addr: SocketAddr) -> TcpStream {
     assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
     stream
 }
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Raises this process's soft descriptor limit to the hard one: the tests
+/// hold a socket per peer.
+pub fn raise_descriptor_limit() {
+    // SAFETY: getrlimit/setrlimit with a correctly sized struct we own.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
