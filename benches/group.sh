@@ -6,6 +6,11 @@
 # adds per message, not extra cores (this machine has two).
 #
 #   cargo build --release && benches/group.sh [N] [CONNECTIONS] [SIZE] [SECS]
+#
+# RATE=R makes the load an open loop of R messages a second (--rate)
+# instead of a closed one. Below saturation each message wakes its server
+# once whether the group has one member or two, so the members' time-
+# slicing on the shared core no longer decides the figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 members=${1:-2}
@@ -30,7 +35,7 @@ run() { # number of processes -> "rt/s cpu_us_per_rt"
     sleep 0.5
     for pid in "${pids[@]}"; do before=$((before + $(cpu_of "$pid"))); done
     out=$(taskset -c 1 "$bin/minetd-client" bench "127.0.0.1:$port" --connections "$connections" \
-        --size "$size" --duration "$secs" --threads 1 --json)
+        --size "$size" --duration "$secs" --threads 1 ${RATE:+--rate "$RATE"} --json)
     for pid in "${pids[@]}"; do after=$((after + $(cpu_of "$pid"))); done
     kill "${pids[@]}"
     wait "${pids[@]}" 2>/dev/null || true
