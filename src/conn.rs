@@ -598,16 +598,8 @@ impl<S: Stream> Connection<S> {
         let (sent, blocked) = self.write_some(&buf[..peeked])?;
         // The peeked bytes are still first in the receive queue, so this
         // takes exactly the ones just sent.
-        let mut taken = 0;
-        while taken < sent {
-            match self.stream.read(&mut buf[taken..sent]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => taken += n,
-                Err(err) if interrupted(&err) => {}
-                // Anything else would echo these bytes twice: close instead.
-                Err(err) => return Err(err),
-            }
-        }
+        // An error here would echo these bytes twice: close instead.
+        take_exactly(&mut self.stream, &mut buf[..sent])?;
         self.bytes_in += sent as u64;
         trace!("{} peeked {peeked}, echoed and took {sent}", self.label);
         Ok(Some((peeked, blocked)))
@@ -747,6 +739,21 @@ fn write_some(stream: &mut impl Write, bytes: &[u8], label: Label) -> io::Result
         }
     }
     Ok((sent, false))
+}
+
+/// Reads exactly `buf.len()` bytes that a peek showed are queued, so that
+/// they are taken from the socket and nothing after them is.
+pub(crate) fn take_exactly(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
+    let mut taken = 0;
+    while taken < buf.len() {
+        match stream.read(&mut buf[taken..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => taken += n,
+            Err(err) if interrupted(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Whether a read of `n` bytes (of `want` asked) left the socket drained:

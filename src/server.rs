@@ -325,7 +325,7 @@ impl Entry {
     /// The next deadline of this connection and what happens then.
     fn due(&self, idle_timeout: Option<Duration>) -> Option<(Tick, CloseReason)> {
         let idle = idle_timeout.map(|t| (self.since.after(t), CloseReason::IdleTimeout));
-        let (at, reason) = match self.stage {
+        let linger = match self.stage {
             Stage::Serving => return idle,
             Stage::AwaitingHeader => {
                 return Some((
@@ -335,7 +335,6 @@ impl Entry {
             }
             Stage::Lingering => (self.since.after(DAYTIME_LINGER), CloseReason::LingerTimeout),
         };
-        let linger = (at, reason);
         Some(match idle {
             Some(idle) if idle.0 < linger.0 => idle,
             _ => linger,

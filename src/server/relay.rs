@@ -9,7 +9,6 @@
 //! decides at the first impossible byte, and the deadline (see
 //! `PROXY_HEADER_TIMEOUT`) runs from the accept.
 
-use std::io::{self, Read};
 use std::net::Shutdown;
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use log::debug;
 use mio::{Interest, Registry, Token};
 
 use super::{Core, Stage};
-use crate::conn::{CloseReason, Stream, interrupted, would_block};
+use crate::conn::{CloseReason, Stream, interrupted, take_exactly, would_block};
 use crate::proxy::{self, Parsed};
 
 impl Core {
@@ -85,10 +84,9 @@ impl Core {
         if let Some(refusal) = self.source_refusal(peer.ip()) {
             let tag = self.tag(key);
             self.note_refusal(&tag, peer.ip(), service, refusal, now);
-            // Read what waits, so that closing sends a FIN and not a reset.
-            let stream = self.conns[key].conn.stream_mut();
-            let _ = stream.read(&mut self.scratch);
-            let _ = stream.shutdown(Shutdown::Write);
+            // Still awaiting its header as far as `close` knows, which
+            // reads what waits first, so the client sees EOF, not a reset.
+            let _ = self.conns[key].conn.stream_mut().shutdown(Shutdown::Write);
             return self.close(key, CloseReason::Refused);
         }
         self.count_source(peer.ip());
@@ -99,18 +97,4 @@ impl Core {
         // segment must be served now, as no new event will tell of them.
         self.start(registry, key, true, read_closed, now);
     }
-}
-
-/// Reads exactly `buf.len()` bytes that a peek showed are queued.
-fn take_exactly(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
-    let mut taken = 0;
-    while taken < buf.len() {
-        match stream.read(&mut buf[taken..]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => taken += n,
-            Err(err) if interrupted(&err) => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }
