@@ -6,15 +6,14 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    STEP, Server, connect, connect_from, pseudo_random_bytes, read_to_eof, rss_kib, server_bin,
-    wait_until,
+    STEP, Server, connect, connect_from, pseudo_random_bytes, read_to_eof, reset, rss_kib,
+    server_bin, wait_until,
 };
 
 /// Writes `msg` and reads exactly its echo back.
@@ -215,26 +214,6 @@ fn stall_server_on(addr: SocketAddr) -> TcpStream {
         assert!(started.elapsed() < STEP, "server never pushed back");
     }
     stream
-}
-
-/// Closes with SO_LINGER 0, so the kernel sends a reset instead of a FIN.
-fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a correctly sized linger on our own socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    drop(stream);
 }
 
 #[test]

@@ -5,63 +5,16 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    STEP, Server, connect, connect_as_remote_peer, pseudo_random_bytes, raise_descriptor_limit,
-    rss_kib, wait_until,
+    STEP, Server, connect, connect_as_remote_peer, flood_with_non_readers, pseudo_random_bytes,
+    raise_descriptor_limit, rss_kib, wait_until,
 };
-
-/// What one hostile peer writes at most. Enough for a server without a
-/// budget to owe it a full `--max-pending` (measured: 500 such peers grow
-/// it by 32 MiB), little enough that 10,000 of them cost the kernel about
-/// a gigabyte of socket buffers rather than more than it allows TCP.
-const HOSTILE_BYTES: usize = 128 * 1024;
-
-/// Opens `count` peers that write up to [`HOSTILE_BYTES`] each and never
-/// read, and returns once the server has stopped taking their bytes (every
-/// peer wrote its share, or all were refused for a while).
-fn flood_with_non_readers(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
-    let mut peers: Vec<(TcpStream, usize)> = (0..count)
-        .map(|_| {
-            let stream = connect_as_remote_peer(addr);
-            stream.set_nonblocking(true).expect("nonblocking");
-            (stream, 0)
-        })
-        .collect();
-    let chunk = vec![0x5a; 64 * 1024];
-    let started = Instant::now();
-    // One pass without progress may only mean the server has not run yet;
-    // several in a row mean it stopped reading them.
-    let mut idle_passes = 0;
-    while idle_passes < 5 {
-        let mut progress = false;
-        for (stream, written) in &mut peers {
-            while *written < HOSTILE_BYTES {
-                let n = chunk.len().min(HOSTILE_BYTES - *written);
-                match stream.write(&chunk[..n]) {
-                    Ok(sent) => {
-                        *written += sent;
-                        progress = true;
-                    }
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                    Err(err) => panic!("hostile writer: {err}"),
-                }
-            }
-        }
-        if peers.iter().all(|(_, written)| *written == HOSTILE_BYTES) {
-            break;
-        }
-        idle_passes = if progress { 0 } else { idle_passes + 1 };
-        thread::sleep(Duration::from_millis(20));
-        assert!(started.elapsed() < 6 * STEP, "the server never pushed back");
-    }
-    peers.into_iter().map(|(stream, _)| stream).collect()
-}
 
 /// Writes `msg` and reads exactly its echo back.
 fn round_trip(stream: &mut TcpStream, msg: &[u8]) {

@@ -16,16 +16,15 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    STEP, Server, connect, connect_as_remote_peer, connect_from, pseudo_random_bytes,
-    raise_descriptor_limit, rss_kib, wait_until,
+    STEP, Server, connect, connect_as_remote_peer, connect_from, flood_with_non_readers,
+    pseudo_random_bytes, raise_descriptor_limit, reset, rss_kib, wait_until,
 };
 use hdrhistogram::Histogram;
 
@@ -36,8 +35,6 @@ const MAX_BUFFERED: &str = "4194304";
 const HEALTHY_PEERS: u64 = 8;
 const HEALTHY_MESSAGE: usize = 512;
 const NON_READERS: usize = 400;
-/// What each non-reader writes before it stops; see tests/memory.rs.
-const NON_READER_BYTES: usize = 128 * 1024;
 const SLOW_READERS: u64 = 16;
 const SLOW_TRANSFER: usize = 1 << 20;
 const RESETTERS: u64 = 4;
@@ -63,24 +60,6 @@ struct Tally {
     resets: AtomicU64,
     churned: AtomicU64,
     errors: AtomicU64,
-}
-
-/// Closes with SO_LINGER 0: a reset, not a FIN.
-fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a correctly sized linger on our own socket.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 /// One healthy peer: checked round trips until `stop`, latency recorded.
@@ -216,35 +195,6 @@ fn churner(addr: SocketAddr, index: u64, stop: &AtomicBool, tally: &Tally) {
     }
 }
 
-/// Opens the non-readers and has each write its share (non-blocking, in
-/// passes, as far as the server takes it).
-fn non_readers(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
-    let mut peers: Vec<(TcpStream, usize)> = (0..count)
-        .map(|_| {
-            let stream = connect_as_remote_peer(addr);
-            stream.set_nonblocking(true).expect("nonblocking");
-            (stream, 0)
-        })
-        .collect();
-    let chunk = vec![0x5a; 64 * 1024];
-    for _ in 0..50 {
-        for (stream, written) in &mut peers {
-            while *written < NON_READER_BYTES {
-                let n = chunk.len().min(NON_READER_BYTES - *written);
-                match stream.write(&chunk[..n]) {
-                    Ok(sent) => *written += sent,
-                    Err(_) => break,
-                }
-            }
-        }
-        if peers.iter().all(|(_, w)| *w == NON_READER_BYTES) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    peers.into_iter().map(|(stream, _)| stream).collect()
-}
-
 #[test]
 #[ignore]
 fn soak_everything_at_once_loses_nothing() {
@@ -282,7 +232,7 @@ fn soak_everything_at_once_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
 
-    let mut hostile = non_readers(addr, NON_READERS);
+    let mut hostile = flood_with_non_readers(addr, NON_READERS);
     let spawn = |f: fn(SocketAddr, u64, &AtomicBool, &Tally), n: u64| {
         let (stop, tally) = (Arc::clone(&stop), Arc::clone(&tally));
         thread::spawn(move || f(addr, n, &stop, &tally))
@@ -314,7 +264,7 @@ fn soak_everything_at_once_loses_nothing() {
         if started.elapsed() >= next_swap {
             next_swap += Duration::from_secs(30);
             hostile.drain(..NON_READERS / 4);
-            hostile.extend(non_readers(addr, NON_READERS / 4));
+            hostile.extend(flood_with_non_readers(addr, NON_READERS / 4));
         }
     }
     stop.store(true, Ordering::Relaxed);

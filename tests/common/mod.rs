@@ -5,8 +5,9 @@
 //! every helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, ChildStderr, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -410,4 +411,71 @@ pub fn raise_descriptor_limit() {
         limit.rlim_cur = limit.rlim_max;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }
+}
+
+/// What one hostile peer writes at most. Enough for a server without a
+/// budget to owe it a full `--max-pending` (measured: 500 such peers grow
+/// it by 32 MiB), little enough that 10,000 of them cost the kernel about
+/// a gigabyte of socket buffers rather than more than it allows TCP.
+pub const HOSTILE_BYTES: usize = 128 * 1024;
+
+/// Opens `count` peers that write up to [`HOSTILE_BYTES`] each and never
+/// read, and returns once the server has stopped taking their bytes (every
+/// peer wrote its share, or all were refused for a while).
+pub fn flood_with_non_readers(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut peers: Vec<(TcpStream, usize)> = (0..count)
+        .map(|_| {
+            let stream = connect_as_remote_peer(addr);
+            stream.set_nonblocking(true).expect("nonblocking");
+            (stream, 0)
+        })
+        .collect();
+    let chunk = vec![0x5a; 64 * 1024];
+    let started = Instant::now();
+    // One pass without progress may only mean the server has not run yet;
+    // several in a row mean it stopped reading them.
+    let mut idle_passes = 0;
+    while idle_passes < 5 {
+        let mut progress = false;
+        for (stream, written) in &mut peers {
+            while *written < HOSTILE_BYTES {
+                let n = chunk.len().min(HOSTILE_BYTES - *written);
+                match stream.write(&chunk[..n]) {
+                    Ok(sent) => {
+                        *written += sent;
+                        progress = true;
+                    }
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("hostile writer: {err}"),
+                }
+            }
+        }
+        if peers.iter().all(|(_, written)| *written == HOSTILE_BYTES) {
+            break;
+        }
+        idle_passes = if progress { 0 } else { idle_passes + 1 };
+        thread::sleep(Duration::from_millis(20));
+        assert!(started.elapsed() < 6 * STEP, "the server never pushed back");
+    }
+    peers.into_iter().map(|(stream, _)| stream).collect()
+}
+
+/// Closes with SO_LINGER 0, so the kernel sends a reset instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized linger on our own socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(stream);
 }
