@@ -12,22 +12,24 @@
 //! `MINETD_CHURN_PAIRS` (3), `MINETD_CHURN_CONNECTIONS` (4) connections in
 //! flight in each client.
 
-use std::env;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+#[path = "common.rs"]
+mod common;
+use common::{json_number, pin_to, setting, start_server};
 
 fn main() -> ExitCode {
     let secs = setting("MINETD_CHURN_SECS", 2.0);
     let pairs = setting("MINETD_CHURN_PAIRS", 3.0) as usize;
     let connections = setting("MINETD_CHURN_CONNECTIONS", 4.0) as usize;
     let two_cpus = thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let (mut server, addr) = match start_server(two_cpus) {
+    let (mut server, addr) = match start_server("--daytime", two_cpus) {
         Ok(started) => started,
         Err(err) => {
             eprintln!("churn: cannot start minetd: {err}");
@@ -80,54 +82,6 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A number from the environment, or `default`.
-fn setting(name: &str, default: f64) -> f64 {
-    env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Starts the release minetd serving daytime only; returns it and its port.
-fn start_server(pin: bool) -> std::io::Result<(Child, SocketAddr)> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_minetd"));
-    command
-        .args(["--daytime", "127.0.0.1:0", "--max-connections", "20000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if pin {
-        // SAFETY: only sched_setaffinity, async-signal-safe, runs in the child.
-        unsafe {
-            command.pre_exec(|| {
-                pin_to(0);
-                Ok(())
-            });
-        }
-    }
-    let mut child = command.spawn()?;
-    let mut line = String::new();
-    let stdout = child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("unexpected line {line:?}")))?;
-    Ok((child, addr))
-}
-
-/// Pins the calling thread (and what it starts later) to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-    }
-}
-
 /// `minetd-client bench --mode daytime`: its connections per second.
 fn instrument(addr: SocketAddr, connections: usize, secs: f64) -> Option<f64> {
     let output = Command::new(env!("CARGO_BIN_EXE_minetd-client"))
@@ -138,13 +92,7 @@ fn instrument(addr: SocketAddr, connections: usize, secs: f64) -> Option<f64> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let rps = text
-        .split("\"rps\":")
-        .nth(1)?
-        .split(',')
-        .next()?
-        .parse()
-        .ok();
+    let rps = json_number(&text, "rps");
     if !output.status.success() || rps.is_none() {
         eprintln!(
             "churn: minetd-client failed: {}{}",

@@ -1,0 +1,88 @@
+//! What the process-level benches (churn, open_loop) share: settings from
+//! the environment, CPU pinning and starting the release minetd.
+
+// Each bench uses only some of these.
+#![allow(dead_code)]
+
+use std::env;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+/// A number from the environment, or `default`.
+pub fn setting(name: &str, default: f64) -> f64 {
+    env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Starts the release minetd with `service` (`--echo` or `--daytime`) on a
+/// loopback port; returns it and its address. Pinned to CPU 0 if `pin`.
+pub fn start_server(service: &str, pin: bool) -> std::io::Result<(Child, SocketAddr)> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_minetd"));
+    command
+        .args([service, "127.0.0.1:0", "--max-connections", "20000"])
+        .args(["--idle-timeout", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if pin {
+        // SAFETY: only sched_setaffinity, async-signal-safe, runs in the child.
+        unsafe {
+            command.pre_exec(|| {
+                pin_to(0);
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn()?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("unexpected line {line:?}")))?;
+    Ok((child, addr))
+}
+
+/// Pins the calling thread (and what it starts later) to `cpu`.
+pub fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+    }
+}
+
+/// Raises this process's soft descriptor limit to its hard limit, for
+/// benches that hold thousands of connections themselves.
+pub fn raise_descriptor_limit() {
+    // SAFETY: getrlimit/setrlimit with a correctly sized struct we own; a
+    // failure leaves the limit as it was, and the connects then say so.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The number after `"key":` in a JSON line, if any.
+pub fn json_number(text: &str, key: &str) -> Option<f64> {
+    text.split(&format!("\"{key}\":"))
+        .nth(1)?
+        .split([',', '}'])
+        .next()?
+        .parse()
+        .ok()
+}
