@@ -6,9 +6,10 @@
 //! connection count: a closed-loop `bench` run, then at 50% and at 90% of
 //! the rps it reached, `bench --rate` and the reference open loop of
 //! `reference.rs` (one epoll thread, as wrk2 and tcpkali are built) at the
-//! same rate, in turns (A B, then B A). Prints achieved ÷ target for both
-//! and their 99th percentiles; the summary gives the median and the runs
-//! at or above 0.95 for each. A rate the reference misses as often is one
+//! same rate, in turns (A B, then B A). Prints achieved ÷ target for both,
+//! their 99th percentiles and their CPU time (user + system, connecting
+//! included) per round trip; the summary gives the median ratio and the
+//! runs at or above 0.95 for each. A rate the reference misses as often is one
 //! the machine could not carry, whatever the client.
 //!
 //! Settings (environment): `MINETD_OPEN_SECS` (3) per run,
