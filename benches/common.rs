@@ -1,5 +1,5 @@
-//! What the process-level benches (churn, open_loop) share: settings from
-//! the environment, CPU pinning and starting the release minetd.
+//! What the benches share: settings from the environment, CPU pinning,
+//! starting the release minetd, and the pattern messages are cut from.
 
 // Each bench uses only some of these.
 #![allow(dead_code)]
@@ -85,4 +85,20 @@ pub fn json_number(text: &str, key: &str) -> Option<f64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// `len` bytes of a fixed pseudo-random pattern (xorshift64), the same in
+/// every run: load generators cut each message from it at an offset that
+/// depends on the connection and the round, so an echo of the wrong
+/// message is a mismatch and checking it is one comparison.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
 }

@@ -86,16 +86,7 @@ impl Load {
         // new and owned from here on.
         let epfd =
             unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let pattern = (0..size + OFFSETS)
-            .map(|_| {
-                // xorshift64
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect();
+        let pattern = crate::common::pattern(size + OFFSETS);
         let mut load = Load {
             epfd,
             conns: Vec::with_capacity(connections),

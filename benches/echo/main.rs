@@ -43,6 +43,8 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+#[path = "../common.rs"]
+mod common;
 mod load;
 mod reference;
 mod report;

@@ -164,15 +164,7 @@ pub fn run(
     rate: f64,
     secs: f64,
 ) -> io::Result<Outcome> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let pattern: Vec<u8> = (0..size + OFFSETS)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect();
+    let pattern = crate::common::pattern(size + OFFSETS);
     // Connected and confirmed with one blocking echo each, as `bench`'s
     // ramp does, so the run starts with every connection accepted.
     let mut conns = Vec::with_capacity(connections);
