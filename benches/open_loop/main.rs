@@ -119,21 +119,20 @@ fn main() -> ExitCode {
                     let before = cpu_us(libc::RUSAGE_SELF);
                     let outcome = reference::run(addr, connections, SIZE, target, secs);
                     let used = cpu_us(libc::RUSAGE_SELF) - before;
-                    Some((outcome, used))
-                };
-                let by_reference = || match by_reference()? {
-                    (Ok(outcome), used) if outcome.mismatches == 0 => Some(Kept {
-                        ratio: outcome.rps / target,
-                        p99_us: outcome.p99_us,
-                        cpu_us: used / outcome.round_trips as f64,
-                    }),
-                    (Ok(outcome), _) => {
-                        eprintln!("open_loop: reference: {} mismatches", outcome.mismatches);
-                        None
-                    }
-                    (Err(err), _) => {
-                        eprintln!("open_loop: reference: {err}");
-                        None
+                    match outcome {
+                        Ok(outcome) if outcome.mismatches == 0 => Some(Kept {
+                            ratio: outcome.rps / target,
+                            p99_us: outcome.p99_us,
+                            cpu_us: used / outcome.round_trips as f64,
+                        }),
+                        Ok(outcome) => {
+                            eprintln!("open_loop: reference: {} mismatches", outcome.mismatches);
+                            None
+                        }
+                        Err(err) => {
+                            eprintln!("open_loop: reference: {err}");
+                            None
+                        }
                     }
                 };
                 let (ours, theirs) = if pair % 2 == 0 {
