@@ -15,6 +15,22 @@ use common::{STEP, Server, connect, read_to_eof};
 
 const TRUST_LOOPBACK: [&str; 2] = ["--proxy-protocol", "127.0.0.1/32"];
 
+/// An echo server that trusts loopback as its balancer and logs at debug,
+/// with its log lines.
+fn traced_echo_behind_balancer() -> (Server, mpsc::Receiver<String>) {
+    let mut server = Server::start_with(
+        &[
+            "--echo",
+            "127.0.0.1:0",
+            TRUST_LOOPBACK[0],
+            TRUST_LOOPBACK[1],
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    let stderr = server.stderr_lines();
+    (server, stderr)
+}
+
 fn v1_tcp4(src: &str, sport: u16) -> Vec<u8> {
     format!("PROXY TCP4 {src} 192.0.2.1 {sport} 7\r\n").into_bytes()
 }
@@ -85,16 +101,7 @@ fn connect_noting_port(addr: SocketAddr) -> (TcpStream, SocketAddr) {
 
 #[test]
 fn v1_header_names_the_peer_and_data_in_the_same_segment_is_echoed() {
-    let mut server = Server::start_with(
-        &[
-            "--echo",
-            "127.0.0.1:0",
-            TRUST_LOOPBACK[0],
-            TRUST_LOOPBACK[1],
-        ],
-        &[("RUST_LOG", "debug")],
-    );
-    let stderr = server.stderr_lines();
+    let (server, stderr) = traced_echo_behind_balancer();
     let (mut stream, local) = connect_noting_port(server.echo());
     let mut bytes = v1_tcp4("203.0.113.7", 5555);
     bytes.extend_from_slice(b"PROXY TCP4 is data now\0\xff");
@@ -132,16 +139,7 @@ fn v1_tcp6_header_sent_a_byte_at_a_time_is_not_echoed() {
 
 #[test]
 fn v2_headers_over_tcp4_and_tcp6_whole_or_a_byte_at_a_time() {
-    let mut server = Server::start_with(
-        &[
-            "--echo",
-            "127.0.0.1:0",
-            TRUST_LOOPBACK[0],
-            TRUST_LOOPBACK[1],
-        ],
-        &[("RUST_LOG", "debug")],
-    );
-    let stderr = server.stderr_lines();
+    let (server, stderr) = traced_echo_behind_balancer();
     let addr = server.echo();
     let v4 = v2("198.51.100.9:40000".parse().unwrap());
     let mut bytes = v4.clone();
@@ -159,16 +157,7 @@ fn v2_headers_over_tcp4_and_tcp6_whole_or_a_byte_at_a_time() {
 
 #[test]
 fn unknown_and_local_keep_the_balancer_as_the_peer() {
-    let mut server = Server::start_with(
-        &[
-            "--echo",
-            "127.0.0.1:0",
-            TRUST_LOOPBACK[0],
-            TRUST_LOOPBACK[1],
-        ],
-        &[("RUST_LOG", "debug")],
-    );
-    let stderr = server.stderr_lines();
+    let (server, stderr) = traced_echo_behind_balancer();
     let (mut stream, local) = connect_noting_port(server.echo());
     stream.write_all(b"PROXY UNKNOWN\r\nhealth").expect("write");
     stream.shutdown(Shutdown::Write).expect("half-close");
@@ -248,16 +237,7 @@ fn allow_judges_the_address_the_header_names_not_the_balancer() {
 
 #[test]
 fn malformed_headers_close_at_once_with_nothing_sent_and_others_unharmed() {
-    let mut server = Server::start_with(
-        &[
-            "--echo",
-            "127.0.0.1:0",
-            TRUST_LOOPBACK[0],
-            TRUST_LOOPBACK[1],
-        ],
-        &[("RUST_LOG", "debug")],
-    );
-    let stderr = server.stderr_lines();
+    let (server, stderr) = traced_echo_behind_balancer();
     let addr = server.echo();
     let mut healthy = connect(addr);
     healthy.write_all(b"PROXY UNKNOWN\r\n").expect("write");
@@ -306,16 +286,7 @@ fn malformed_headers_close_at_once_with_nothing_sent_and_others_unharmed() {
 
 #[test]
 fn no_whole_header_within_5_seconds_closes_with_nothing_sent() {
-    let mut server = Server::start_with(
-        &[
-            "--echo",
-            "127.0.0.1:0",
-            TRUST_LOOPBACK[0],
-            TRUST_LOOPBACK[1],
-        ],
-        &[("RUST_LOG", "debug")],
-    );
-    let stderr = server.stderr_lines();
+    let (server, stderr) = traced_echo_behind_balancer();
     let started = Instant::now();
     let mut stream = connect(server.echo());
     // A header trickling in keeps no connection past the deadline.
