@@ -62,6 +62,19 @@ struct Tally {
     errors: AtomicU64,
 }
 
+impl Tally {
+    /// Counts one exchange's bytes each way, and a mismatch if what came
+    /// back is not what was sent.
+    fn exchanged(&self, sent: &[u8], back: &[u8]) {
+        self.sent.fetch_add(sent.len() as u64, Ordering::Relaxed);
+        self.received
+            .fetch_add(back.len() as u64, Ordering::Relaxed);
+        if back != sent {
+            self.mismatches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One healthy peer: checked round trips until `stop`, latency recorded.
 fn healthy(addr: SocketAddr, seed: u64, stop: &AtomicBool, tally: &Tally) -> Histogram<u64> {
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -78,15 +91,7 @@ fn healthy(addr: SocketAddr, seed: u64, stop: &AtomicBool, tally: &Tally) -> His
         }
         let micros = started.elapsed().as_micros() as u64;
         let _ = latency.record(micros.max(1));
-        tally
-            .sent
-            .fetch_add(message.len() as u64, Ordering::Relaxed);
-        tally
-            .received
-            .fetch_add(back.len() as u64, Ordering::Relaxed);
-        if back != message {
-            tally.mismatches.fetch_add(1, Ordering::Relaxed);
-        }
+        tally.exchanged(&message, &back);
     }
     latency
 }
@@ -181,15 +186,7 @@ fn churner(addr: SocketAddr, index: u64, stop: &AtomicBool, tally: &Tally) {
             tally.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        tally
-            .sent
-            .fetch_add(message.len() as u64, Ordering::Relaxed);
-        tally
-            .received
-            .fetch_add(back.len() as u64, Ordering::Relaxed);
-        if back != message {
-            tally.mismatches.fetch_add(1, Ordering::Relaxed);
-        }
+        tally.exchanged(&message, &back);
         tally.churned.fetch_add(1, Ordering::Relaxed);
         thread::sleep(CHURN_PAUSE);
     }
