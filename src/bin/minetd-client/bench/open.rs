@@ -123,6 +123,9 @@ impl super::Worker {
         tally: &mut Tally,
     ) -> Result<(), Error> {
         pace::tighten_timer_slack();
+        // Best effort, as the timer slack: without it the run only keeps
+        // its schedule less well.
+        let _ = pace::shorten_slice();
         let pipeline = self.options.pipeline as u64;
         let conns: Arc<Vec<OpenConn>> = Arc::new(
             self.conns
@@ -220,6 +223,9 @@ fn receive(
     from_sender: Receiver<Vec<u32>>,
     tally: &mut Tally,
 ) {
+    // The sender's wake-ups must not wait behind a long slice of this
+    // thread's, nor this thread's reads behind the sender's (see pace::SLICE).
+    let _ = pace::shorten_slice();
     let mut outgoing = vec![0; plan.size];
     let mut incoming = vec![0; plan.size];
     // One entry per message written and not yet read, in the order they
