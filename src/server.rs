@@ -728,7 +728,9 @@ impl Core {
             );
         }
         if entry.stage == Stage::AwaitingHeader {
-            self.read_header(registry, key, event.is_read_closed(), now);
+            // A reset ends the header as surely as a FIN does.
+            let ended = event.is_read_closed() || event.is_error();
+            self.read_header(registry, key, ended, now);
             return;
         }
         let outcome = self.run_conn(key, event.is_read_closed(), now);

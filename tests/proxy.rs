@@ -352,3 +352,81 @@ fn bad_proxy_protocol_cidr_is_a_usage_error() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// Headers cut short: each is a prefix a balancer could have sent before
+/// it died, none of which the parser can reject on its own.
+fn cut_short_headers() -> Vec<(&'static str, Vec<u8>)> {
+    let whole_v2 = v2("203.0.113.7:5555".parse().expect("addr"));
+    vec![
+        ("v1 prefix", b"PROX".to_vec()),
+        (
+            "v1 without its CRLF",
+            b"PROXY TCP4 203.0.113.7 192.0.2.1 5555 7".to_vec(),
+        ),
+        ("v1 without its LF", b"PROXY UNKNOWN\r".to_vec()),
+        ("partial v2 signature", b"\r\n\r\n\0\r\n".to_vec()),
+        ("v2 without its length", whole_v2[..14].to_vec()),
+        (
+            "v2 shorter than its length",
+            whole_v2[..whole_v2.len() - 3].to_vec(),
+        ),
+    ]
+}
+
+/// Sends a cut-short header, then ends the connection with `end`, and
+/// checks that the server closed it at once (not at the 5 s deadline) with
+/// `reason`, and that another relayed connection is still served.
+fn cut_short_header_closes_at_once(end: fn(TcpStream) -> Vec<u8>, reason: &str) {
+    let (server, stderr) = traced_echo_behind_balancer();
+    let addr = server.echo();
+    let mut healthy = connect(addr);
+    healthy.write_all(b"PROXY UNKNOWN\r\n").expect("write");
+    for (whole_segment, (name, header)) in [false, true].into_iter().flat_map(|whole| {
+        cut_short_headers()
+            .into_iter()
+            .map(move |case| (whole, case))
+    }) {
+        let started = Instant::now();
+        let (mut stream, local) = connect_noting_port(addr);
+        stream.write_all(&header).expect("write the header's start");
+        if !whole_segment {
+            // Let the server see the partial header on its own first, so the
+            // end arrives as a separate event.
+            thread::sleep(Duration::from_millis(50));
+        }
+        let back = end(stream);
+        assert_eq!(back, b"", "{name}: something was sent");
+        log_line(&stderr, &format!("{local} closed: {reason}"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{name} (one segment: {whole_segment}): closed only after {:?}",
+            started.elapsed()
+        );
+    }
+    healthy.write_all(b"still here").expect("write");
+    let mut back = [0; 10];
+    healthy.read_exact(&mut back).expect("healthy echo");
+    assert_eq!(&back, b"still here");
+}
+
+#[test]
+fn a_header_cut_short_by_eof_closes_at_once_with_nothing_sent() {
+    cut_short_header_closes_at_once(
+        |mut stream| {
+            stream.shutdown(Shutdown::Write).expect("half-close");
+            read_to_eof(&mut stream)
+        },
+        "closed before a whole PROXY header",
+    );
+}
+
+#[test]
+fn a_header_cut_short_by_a_reset_closes_at_once() {
+    cut_short_header_closes_at_once(
+        |stream| {
+            common::reset(stream);
+            Vec::new()
+        },
+        "reset by peer",
+    );
+}

@@ -44,7 +44,7 @@ impl Core {
     /// A relayed connection is readable: if its header is whole, take it
     /// and start the service as the peer it names; if it can never be
     /// valid, close at once.
-    /// `read_closed` says the event carried the peer's FIN.
+    /// `read_closed` says the event carried the peer's FIN or a reset.
     pub(super) fn read_header(
         &mut self,
         registry: &Registry,
@@ -66,6 +66,15 @@ impl Core {
             return self.close(key, CloseReason::BadProxyHeader(proxy::ProxyError::Missing));
         }
         let (len, source) = match proxy::parse(&buf[..peeked]) {
+            // The rest can never come: a balancer that died mid-header is
+            // closed now, not at the deadline.
+            Ok(Parsed::Partial) if read_closed => {
+                let reason = match stream.take_error() {
+                    Ok(Some(err)) => CloseReason::from_error(&err),
+                    _ => CloseReason::BadProxyHeader(proxy::ProxyError::Missing),
+                };
+                return self.close(key, reason);
+            }
             Ok(Parsed::Partial) => return,
             Ok(Parsed::Complete { len, source }) => (len, source),
             Err(err) => return self.close(key, CloseReason::BadProxyHeader(err)),
