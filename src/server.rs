@@ -1,40 +1,64 @@
 //! The event loop: one `mio::Poll`, the listeners, a `Slab` of connections
-//! keyed by their token, the deadlines, and the shutdown handle.
+//! keyed by their token, and what a connection event does.
 //!
 //! One turn reads top to bottom in [`Server::turn`]: poll; hand each
-//! connection event to its [`Connection`]; then accept on listeners that are
-//! still ready, start or finish a shutdown, and expire deadlines. Accepting
-//! after the events means a key freed by a close in this batch cannot be
-//! handed to a new connection while stale events for it are still being
-//! read (mio returns events for a token even after its source closed in
-//! the same batch, and slab reuses the freed key first: tokio-rs/mio#219).
+//! connection event to its [`Connection`] (or, before its PROXY header, to
+//! the relay stage); then accept on listeners that are still ready and
+//! answer datagrams, start or finish a shutdown, expire deadlines, and log
+//! what is due. Accepting after the events means a key freed by a close in
+//! this batch cannot be handed to a new connection while stale events for
+//! it are still being read (mio returns events for a token even after its
+//! source closed in the same batch, and slab reuses the freed key first:
+//! tokio-rs/mio#219).
+//!
+//! What the loop delegates, each in a module of its own:
+//! - `listeners`: binding, accepting a fair share per turn, the EMFILE
+//!   pause, taking in the queue when a `--reuse-port` member stops;
+//! - `admission`: who may connect (`--allow`, `--per-source`,
+//!   `--max-connections`), refusals, and starting an admitted connection;
+//! - `relay`: the PROXY header stage of a trusted balancer's connections;
+//! - `datagrams`: the UDP services;
+//! - `timers`: deadlines, in a heap with lazy deletion;
+//! - `shutdown`: the handle and the graceful drain;
+//! - `notices`: the stats line and rate-limited warnings.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io::{self, Read};
-use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::num::NonZeroU64;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, log_enabled, trace, warn};
+use log::{debug, info, log_enabled, trace};
 use mio::event::{Event, Source};
-use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::budget::Budget;
 use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
-use crate::conn::{CloseReason, Connection, Label, interrupted, would_block};
-use crate::daytime;
+use crate::conn::{CloseReason, Connection, Label, interrupted};
 use crate::listen::{HeldListener, HeldProblem};
 use crate::stats::Stats;
-use crate::sys;
-use crate::udp::{Answerer, NEVER_ANSWER_PORTS};
+use crate::udp::Answerer;
 
+mod admission;
+mod datagrams;
+mod listeners;
+mod notices;
 mod relay;
+mod shutdown;
+mod timers;
+
+pub use shutdown::ShutdownHandle;
+
+use datagrams::seed_from;
+use listeners::{Listener, Socket, bind_listeners};
+use notices::RateLimit;
+use shutdown::State;
+use timers::{Clock, Tick, Timer};
 
 /// Wakes the loop for [`ShutdownHandle::shutdown`].
 const WAKER: Token = Token(usize::MAX);
@@ -50,34 +74,6 @@ const LISTENER_BASE: usize = usize::MAX / 2;
 const READ_CHUNK: usize = 64 * 1024;
 /// Events taken per `epoll_wait`; more wait for the next turn.
 const EVENTS_PER_TURN: usize = 1024;
-/// Datagrams per UDP socket per turn, for the same fairness as accepts.
-const DATAGRAMS_PER_TURN: usize = 256;
-/// Accepts per listener per turn: enough to ramp 10,000 connections quickly,
-/// few enough that a connect flood cannot starve established peers
-/// (Redis takes 10 per cycle; envoyproxy/envoy#27773). A listener still
-/// ready after its share is retried next turn.
-const ACCEPTS_PER_TURN: usize = 256;
-/// The accept queue length asked of the kernel (capped by somaxconn). mio
-/// and std ask for 128, and a 10,000-connection ramp then stalls on SYN
-/// retransmits: Linux drops SYNs while the accept queue is full.
-const LISTEN_BACKLOG: libc::c_int = 4096;
-/// How long accepting pauses after running out of descriptors, unless a
-/// connection closes sooner (nginx waits 500 ms). Linux leaves the
-/// connection queued on EMFILE and, with the edge spent, never reports it.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// How long a daytime connection waits, after its line, for the client to
-/// close before we close anyway.
-const DAYTIME_LINGER: Duration = Duration::from_secs(2);
-/// Stale deadlines tolerated in the heap beyond the live ones before it is
-/// rebuilt; small enough to be noise in memory, large enough that rebuilds
-/// are rare.
-const STALE_TIMERS_KEPT: usize = 1024;
-/// How long a connection from a trusted balancer may take to send its
-/// whole PROXY header, from the accept: a deadline, not an idle timer, so
-/// a header sent a byte at a time cannot hold a connection for longer.
-const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Warnings about limits repeat at most this often.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why [`Server::bind`] failed.
 #[derive(Debug)]
@@ -143,39 +139,6 @@ impl std::error::Error for BindError {
 impl From<ConfigError> for BindError {
     fn from(err: ConfigError) -> Self {
         BindError::Config(err)
-    }
-}
-
-/// Stops a [`Server`] from any thread: it stops accepting, flushes what it
-/// owes for up to the shutdown grace, closes everything, and `run` returns.
-///
-/// ```
-/// let mut server = minetd::Server::bind(&minetd::Config {
-///     echo: vec!["127.0.0.1:0".parse().unwrap()],
-///     ..Default::default()
-/// })
-/// .unwrap();
-/// let stop = server.shutdown_handle();
-/// std::thread::spawn(move || stop.shutdown());
-/// server.run().unwrap();
-/// ```
-#[derive(Clone, Debug)]
-pub struct ShutdownHandle {
-    requested: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl ShutdownHandle {
-    /// Asks the server to shut down gracefully. Returns at once; calling it
-    /// again does nothing more.
-    pub fn shutdown(&self) {
-        // The flag is the truth: wakes coalesce, so the loop reads the flag
-        // after every poll rather than counting wakes (mio's Waker is one
-        // eventfd counter, shared behind an Arc: tokio-rs/mio#1764).
-        self.requested.store(true, Ordering::Release);
-        // The eventfd can only refuse a wake when its counter is saturated,
-        // which means wakes are already pending.
-        let _ = self.waker.wake();
     }
 }
 
@@ -260,37 +223,6 @@ struct Limits {
     reuse_port: bool,
 }
 
-enum Socket {
-    Tcp(TcpListener),
-    Udp(UdpSocket),
-}
-
-impl Socket {
-    fn source(&mut self) -> &mut dyn Source {
-        match self {
-            Socket::Tcp(listener) => listener,
-            Socket::Udp(socket) => socket,
-        }
-    }
-}
-
-/// Why a connection was accepted only to be closed.
-#[derive(Clone, Copy, Debug)]
-enum Refusal {
-    NotAllowed,
-    MaxConnections,
-    PerSource,
-}
-
-struct Listener {
-    socket: Socket,
-    service: Service,
-    addr: SocketAddr,
-    /// Its readiness edge has not been drained by an accept that said
-    /// `WouldBlock` yet.
-    ready: bool,
-}
-
 /// A connection and what the loop keeps beside it.
 struct Entry {
     conn: Connection<TcpStream>,
@@ -321,94 +253,6 @@ enum Stage {
     Lingering,
 }
 
-impl Entry {
-    /// The next deadline of this connection and what happens then.
-    fn due(&self, idle_timeout: Option<Duration>) -> Option<(Tick, CloseReason)> {
-        let idle = idle_timeout.map(|t| (self.since.after(t), CloseReason::IdleTimeout));
-        let linger = match self.stage {
-            Stage::Serving => return idle,
-            Stage::AwaitingHeader => {
-                return Some((
-                    self.since.after(PROXY_HEADER_TIMEOUT),
-                    CloseReason::ProxyHeaderTimeout,
-                ));
-            }
-            Stage::Lingering => (self.since.after(DAYTIME_LINGER), CloseReason::LingerTimeout),
-        };
-        Some(match idle {
-            Some(idle) if idle.0 < linger.0 => idle,
-            _ => linger,
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Timer {
-    at: Tick,
-    /// The slab key; 32 bits, as no process holds 4 billion sockets.
-    key: u32,
-    id: u32,
-}
-
-/// A point in time as milliseconds since the server started: every
-/// connection keeps two, and an `Instant` is twice the size. The niche
-/// keeps `Option<Tick>` at eight bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Tick(NonZeroU64);
-
-impl Tick {
-    fn after(self, wait: Duration) -> Tick {
-        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        Tick(self.0.saturating_add(ms))
-    }
-}
-
-/// Converts between `Instant`s and [`Tick`]s.
-struct Clock {
-    epoch: Instant,
-}
-
-impl Clock {
-    /// The tick `at` falls in (rounded down, so a deadline reached by tick
-    /// is reached by instant too).
-    fn tick(&self, at: Instant) -> Tick {
-        let ms = u64::try_from(at.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u64::MAX - 1);
-        Tick(NonZeroU64::MIN.saturating_add(ms))
-    }
-
-    fn instant(&self, tick: Tick) -> Instant {
-        self.epoch + Duration::from_millis(tick.0.get() - 1)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Running,
-    Draining { until: Instant },
-    Finished,
-}
-
-/// Lets a warning through at most once per [`WARN_INTERVAL`], counting the
-/// ones held back.
-#[derive(Default)]
-struct RateLimit {
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl RateLimit {
-    /// `Some(held back since the last one)` when a warning may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self.last.is_some_and(|last| now < last + WARN_INTERVAL) {
-            self.held_back += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held_back))
-    }
-}
-
 /// A connection's log prefix: `conn {token} {peer}`, and ` via
 /// {balancer}` when a PROXY header named the peer.
 struct Tag {
@@ -422,15 +266,6 @@ impl fmt::Display for Tag {
             Some(via) => write!(f, "{} via {via}", self.label),
             None => write!(f, "{}", self.label),
         }
-    }
-}
-
-/// `conn - {peer}`: a connection refused before it got a token.
-struct Unlabelled(SocketAddr);
-
-impl fmt::Display for Unlabelled {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "conn - {}", self.0)
     }
 }
 
@@ -473,36 +308,7 @@ impl Server {
         }
         let poll = Poll::new().map_err(BindError::Poll)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(BindError::Poll)?;
-        let mut listeners = Vec::new();
-        for (index, held) in held.into_iter().enumerate() {
-            let service = held.service();
-            let held_error = |problem| BindError::Held {
-                index,
-                service,
-                problem,
-            };
-            held.check().map_err(held_error)?;
-            let socket = match held {
-                HeldListener::Tcp(_, listener) => Socket::Tcp(TcpListener::from_std(listener)),
-                HeldListener::Udp(_, socket) => Socket::Udp(UdpSocket::from_std(socket)),
-            };
-            let listener = register_listener(&poll, socket, service, listeners.len());
-            listeners.push(listener.map_err(|err| held_error(HeldProblem::Io(err)))?);
-        }
-        for (service, addr) in config.listeners() {
-            let listen_error = |source| BindError::Listen {
-                service,
-                addr,
-                source,
-            };
-            let socket = if service.is_udp() {
-                Socket::Udp(bind_udp(addr, config.reuse_port).map_err(listen_error)?)
-            } else {
-                Socket::Tcp(listen(addr, config.reuse_port).map_err(listen_error)?)
-            };
-            let listener = register_listener(&poll, socket, service, listeners.len());
-            listeners.push(listener.map_err(listen_error)?);
-        }
+        let listeners = bind_listeners(&poll, config, held)?;
         // Only once every listener is bound: a later failure must not leave
         // a log line announcing a listener that never served.
         for listener in &listeners {
@@ -696,12 +502,6 @@ impl Core {
         }
     }
 
-    fn mark_ready(&mut self, index: usize) {
-        if let Some(listener) = self.listeners.get_mut(index) {
-            listener.ready = true;
-        }
-    }
-
     fn on_connection_event(
         &mut self,
         registry: &Registry,
@@ -799,317 +599,11 @@ impl Core {
         }
     }
 
-    /// Accepts on every listener that is still ready, up to its share, and
-    /// answers the datagrams waiting on UDP sockets.
-    fn accept_ready(&mut self, registry: &Registry, now: Instant) {
-        if self.state != State::Running {
-            return;
-        }
-        if self.accept_paused_until.is_some_and(|until| now >= until) {
-            self.accept_paused_until = None;
-        }
-        for index in 0..self.listeners.len() {
-            if !self.listeners[index].ready {
-                continue;
-            }
-            if matches!(self.listeners[index].socket, Socket::Udp(_)) {
-                self.answer_datagrams(index);
-            } else if self.accept_paused_until.is_none() {
-                self.accept_connections(registry, index, now);
-            }
-        }
-    }
-
-    fn accept_connections(&mut self, registry: &Registry, index: usize, now: Instant) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            let listener = &mut self.listeners[index];
-            let Socket::Tcp(socket) = &mut listener.socket else {
-                return;
-            };
-            match socket.accept() {
-                Ok((stream, peer)) => {
-                    let service = listener.service;
-                    self.admit(registry, stream, peer, service, now);
-                }
-                Err(err) if would_block(&err) => {
-                    listener.ready = false;
-                    return;
-                }
-                Err(err) if interrupted(&err) => {}
-                Err(err) if out_of_resources(&err) => {
-                    self.pause_accepting(&err, now);
-                    return;
-                }
-                // ECONNABORTED and the like: that one client is gone.
-                Err(err) => debug!(
-                    "accept on {} {} failed: {err}",
-                    listener.service, listener.addr
-                ),
-            }
-        }
-    }
-
-    /// Answers each waiting datagram with at most one datagram. A reply the
-    /// socket cannot take now is dropped, as UDP may drop it anyway.
-    fn answer_datagrams(&mut self, index: usize) {
-        for _ in 0..DATAGRAMS_PER_TURN {
-            let listener = &mut self.listeners[index];
-            let Socket::Udp(socket) = &listener.socket else {
-                return;
-            };
-            let service = listener.service;
-            let (len, peer) = match socket.recv_from(&mut self.scratch) {
-                Ok(received) => received,
-                Err(err) if would_block(&err) => {
-                    listener.ready = false;
-                    return;
-                }
-                Err(err) if interrupted(&err) => continue,
-                // An ICMP error from an earlier reply, say: one peer's trouble.
-                Err(err) => {
-                    debug!("{service} {}: receive failed: {err}", listener.addr);
-                    continue;
-                }
-            };
-            let counters = self.stats.get_mut(service);
-            counters.bytes_in += len as u64;
-            if !allowed(&self.limits.allow, peer.ip()) {
-                counters.refused += 1;
-                debug!("{service} {peer}: datagram dropped: not in --allow");
-                continue;
-            }
-            if NEVER_ANSWER_PORTS.contains(&peer.port()) {
-                counters.refused += 1;
-                debug!(
-                    "{service} {peer}: datagram dropped: source port {} could answer back",
-                    peer.port()
-                );
-                continue;
-            }
-            counters.accepted += 1;
-            let Some(reply) = self.answerer.answer(service, &self.scratch[..len]) else {
-                trace!("{service} {peer}: {len} bytes, no answer");
-                continue;
-            };
-            match socket.send_to(reply, peer) {
-                Ok(sent) => {
-                    counters.bytes_out += sent as u64;
-                    trace!("{service} {peer}: {len} bytes, answered {sent}");
-                }
-                Err(err) => debug!("{service} {peer}: answer dropped: {err}"),
-            }
-        }
-    }
-
-    /// Linux leaves the connection queued on EMFILE and, with the edge spent,
-    /// would never tell us again: retry after a pause, or sooner when a
-    /// connection closes and frees a descriptor. Retrying at once would spin.
-    fn pause_accepting(&mut self, err: &io::Error, now: Instant) {
-        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-        if let Some(held_back) = self.descriptor_warning.allow(now) {
-            warn!(
-                "accept paused: {err}; {} connections open; retrying in {} ms or when one closes{}",
-                self.conns.len(),
-                ACCEPT_PAUSE.as_millis(),
-                held_back_note(held_back),
-            );
-        }
-    }
-
-    /// Starts serving an accepted connection, or refuses it. One from a
-    /// trusted balancer waits for its PROXY header first: `--allow` and
-    /// `--per-source` judge the peer the header names, so only the
-    /// connection limit applies before it.
-    fn admit(
-        &mut self,
-        registry: &Registry,
-        stream: TcpStream,
-        peer: SocketAddr,
-        service: Service,
-        now: Instant,
-    ) {
-        let relayed = self
-            .limits
-            .proxy_protocol
-            .iter()
-            .any(|block| block.contains(peer.ip()));
-        let refusal = if relayed {
-            self.capacity_refusal()
-        } else {
-            self.refusal(peer.ip())
-        };
-        if let Some(refusal) = refusal {
-            self.refuse(stream, peer, service, refusal, now);
-            return;
-        }
-        if !relayed {
-            self.count_source(peer.ip());
-        }
-        // Echo answers at once with whatever it has; Nagle would hold a small
-        // reply back behind an unacknowledged one.
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!("conn - {peer} cannot set TCP_NODELAY: {err}");
-        }
-        // Echo and discard read in bulk; knowing the queue is empty after
-        // a full read saves the read that would only say WouldBlock.
-        if matches!(service, Service::Echo | Service::Discard) {
-            if let Err(err) = sys::report_queued_bytes(&stream) {
-                trace!("conn - {peer} cannot set TCP_INQ: {err}");
-            }
-        }
-        let key = self.conns.vacant_key();
-        let label = Label { token: key, peer };
-        let conn = match service {
-            Service::Daytime => {
-                let line = daytime::line_now(self.limits.daytime_format);
-                Connection::daytime(stream, label, line.as_bytes(), &self.budget)
-            }
-            Service::Time => {
-                Connection::time(stream, label, daytime::time_bytes_now(), &self.budget)
-            }
-            Service::Discard => Connection::discard(stream, label),
-            Service::Chargen => Connection::chargen(stream, label),
-            _ => Connection::echo(stream, label, self.limits.pending_limit),
-        };
-        self.next_id = self.next_id.wrapping_add(1);
-        self.conns.insert(Entry {
-            conn,
-            service,
-            id: self.next_id,
-            registered: None,
-            stage: if relayed {
-                Stage::AwaitingHeader
-            } else {
-                Stage::Serving
-            },
-            since: self.clock.tick(now),
-            armed: None,
-        });
-        self.stats.get_mut(service).open += 1;
-        if relayed {
-            self.await_header(registry, key);
-        } else {
-            // Echo and discard wait: registering reports input that arrived
-            // with the connection. The rest have bytes to send now.
-            let run_now = !matches!(service, Service::Echo | Service::Discard);
-            self.start(registry, key, run_now, false, now);
-        }
-    }
-
-    /// Counts an admitted connection as accepted and serves it: at once if
-    /// `run_now` (with `read_closed` from the event that brought it).
-    fn start(
-        &mut self,
-        registry: &Registry,
-        key: usize,
-        run_now: bool,
-        read_closed: bool,
-        now: Instant,
-    ) {
-        let service = self.conns[key].service;
-        self.stats.get_mut(service).accepted += 1;
-        debug!("{} accepted {service}", self.tag(key));
-        let outcome = if run_now {
-            self.run_conn(key, read_closed, now)
-        } else {
-            None
-        };
-        self.settle(registry, key, outcome, now);
-        if self.conns.contains(key) {
-            self.arm(key);
-        }
-    }
-
     /// `conn {token} {peer}`, with ` via {balancer}` for a relayed one.
     fn tag(&self, key: usize) -> Tag {
         Tag {
             label: self.conns[key].conn.label(),
             via: self.via.get(&key).copied(),
-        }
-    }
-
-    fn count_source(&mut self, ip: IpAddr) {
-        if let Some(counts) = &mut self.per_source {
-            *counts.entry(ip).or_default() += 1;
-        }
-    }
-
-    /// Whether the connection limit turns a new connection away.
-    fn capacity_refusal(&self) -> Option<Refusal> {
-        (self.conns.len() >= self.limits.max_connections).then_some(Refusal::MaxConnections)
-    }
-
-    /// Why a peer at `ip` may not be served: `--allow` and `--per-source`.
-    fn source_refusal(&self, ip: IpAddr) -> Option<Refusal> {
-        if !allowed(&self.limits.allow, ip) {
-            return Some(Refusal::NotAllowed);
-        }
-        let limit = self.limits.per_source?;
-        let open = self.per_source.as_ref()?.get(&ip).copied().unwrap_or(0);
-        (open as usize >= limit).then_some(Refusal::PerSource)
-    }
-
-    /// Why a connection from `ip` must be refused now, if it must.
-    fn refusal(&self, ip: IpAddr) -> Option<Refusal> {
-        if !allowed(&self.limits.allow, ip) {
-            return Some(Refusal::NotAllowed);
-        }
-        self.capacity_refusal().or_else(|| self.source_refusal(ip))
-    }
-
-    /// Accepts and closes at once, so the client sees EOF rather than a
-    /// hang in the backlog.
-    fn refuse(
-        &mut self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        service: Service,
-        refusal: Refusal,
-        now: Instant,
-    ) {
-        // Closing with unread input sends a reset, which the client may see
-        // instead of the EOF (nginx's lingering close exists for this): read
-        // what has arrived first.
-        let _ = stream.read(&mut self.scratch);
-        let _ = stream.shutdown(Shutdown::Write);
-        self.note_refusal(&Unlabelled(peer), peer.ip(), service, refusal, now);
-    }
-
-    /// Counts and logs a refusal: debug for each, a rate-limited warning
-    /// for resource limits.
-    fn note_refusal(
-        &mut self,
-        who: &dyn fmt::Display,
-        ip: IpAddr,
-        service: Service,
-        refusal: Refusal,
-        now: Instant,
-    ) {
-        self.stats.get_mut(service).refused += 1;
-        let open = self.conns.len();
-        match refusal {
-            // Not a resource limit: nothing to warn an operator about.
-            Refusal::NotAllowed => {
-                debug!("{who} refused {service}: not in --allow");
-            }
-            Refusal::MaxConnections => {
-                debug!("{who} refused {service}: {open} open (max-connections)");
-                if let Some(held_back) = self.refusal_warning.allow(now) {
-                    warn!(
-                        "refusing connections: {open} open (max-connections){}",
-                        held_back_note(held_back)
-                    );
-                }
-            }
-            Refusal::PerSource => {
-                debug!("{who} refused {service}: {ip} has its most open (per-source)");
-                if let Some(held_back) = self.refusal_warning.allow(now) {
-                    warn!(
-                        "refusing connections from {ip}: per-source limit reached{}",
-                        held_back_note(held_back)
-                    );
-                }
-            }
         }
     }
 
@@ -1146,270 +640,4 @@ impl Core {
         self.accept_paused_until = None;
         self.purge_stale_timers();
     }
-
-    /// A closed connection leaves its deadline in the heap until it comes
-    /// due, which may be minutes away: under churn those would pile up.
-    /// Rebuilding once stale entries outnumber live ones keeps the heap
-    /// within twice the connections, at amortised O(1) per close.
-    fn purge_stale_timers(&mut self) {
-        if self.timers.len() <= 2 * self.conns.len() + STALE_TIMERS_KEPT {
-            return;
-        }
-        let conns = &self.conns;
-        self.timers.retain(|Reverse(timer)| {
-            conns
-                .get(timer.key as usize)
-                .is_some_and(|entry| entry.id == timer.id && entry.armed == Some(timer.at))
-        });
-        if self.timers.capacity() > 4 * self.timers.len() + STALE_TIMERS_KEPT {
-            self.timers.shrink_to_fit();
-        }
-    }
-
-    /// Puts the connection's next deadline in the heap unless an earlier one
-    /// is there already.
-    fn arm(&mut self, key: usize) {
-        let entry = &mut self.conns[key];
-        let Some((at, _)) = entry.due(self.limits.idle_timeout) else {
-            return;
-        };
-        if entry.armed.is_some_and(|armed| armed <= at) {
-            return;
-        }
-        let Ok(key) = u32::try_from(key) else {
-            return; // cannot happen: descriptors run out long before
-        };
-        entry.armed = Some(at);
-        self.timers.push(Reverse(Timer {
-            at,
-            key,
-            id: entry.id,
-        }));
-    }
-
-    /// Closes connections whose deadline has passed; re-arms those that were
-    /// active since their entry was pushed.
-    fn expire_timers(&mut self, now: Instant) {
-        let now = self.clock.tick(now);
-        while let Some(Reverse(timer)) = self.timers.peek().copied() {
-            if timer.at > now {
-                break;
-            }
-            self.timers.pop();
-            let key = timer.key as usize;
-            let Some(entry) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if entry.id != timer.id || entry.armed != Some(timer.at) {
-                continue; // superseded by an earlier deadline, or a new connection
-            }
-            entry.armed = None;
-            match entry.due(self.limits.idle_timeout) {
-                Some((at, reason)) if at <= now => self.close(key, reason),
-                Some(_) => self.arm(key),
-                None => {}
-            }
-        }
-    }
-
-    /// Starts a requested shutdown, and finishes one that is done or out of
-    /// grace.
-    fn check_shutdown(&mut self, registry: &Registry, now: Instant) {
-        if self.state == State::Running && self.handle.requested.load(Ordering::Acquire) {
-            self.begin_shutdown(registry, now);
-        }
-        if let State::Draining { until } = self.state {
-            if !self.conns.is_empty() && now >= until {
-                info!(
-                    "shutdown grace over: closing {} connections",
-                    self.conns.len()
-                );
-                self.close_everything();
-            }
-            if self.conns.is_empty() {
-                info!("shutdown complete");
-                self.state = State::Finished;
-            }
-        }
-    }
-
-    /// Stops accepting and lets every connection finish what it owes.
-    fn begin_shutdown(&mut self, registry: &Registry, now: Instant) {
-        if self.state != State::Running {
-            return;
-        }
-        if self.limits.reuse_port {
-            self.take_in_queued(registry, now);
-        }
-        info!(
-            "shutting down: {} connections, {} s grace",
-            self.conns.len(),
-            self.limits.shutdown_grace.as_secs_f64()
-        );
-        for mut listener in self.listeners.drain(..) {
-            let _ = registry.deregister(listener.socket.source());
-        }
-        self.accept_paused_until = None;
-        self.state = State::Draining {
-            until: now + self.limits.shutdown_grace,
-        };
-        // One pass closes every connection that is idle already; the rest
-        // close as their events show them idle, or when the grace ends.
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            // Its header not read, it has been sent nothing and owes nothing.
-            if self.conns[key].stage == Stage::AwaitingHeader {
-                self.close(key, CloseReason::Shutdown);
-                continue;
-            }
-            self.conns[key].conn.close_when_idle();
-            let outcome = self.run_conn(key, false, now);
-            self.settle(registry, key, outcome, now);
-        }
-    }
-
-    /// Tells the operator, at most once a second, that the memory budget
-    /// held reads back: some peers are not reading what they are sent.
-    fn warn_of_pressure(&mut self, now: Instant) {
-        if !self.budget.take_pressure() {
-            return;
-        }
-        if let Some(held_back) = self.budget_warning.allow(now) {
-            warn!(
-                "memory budget full: {} of {} bytes held (max-buffered); \
-                 connections that owe bytes wait for their peers to read{}",
-                self.budget.used(),
-                self.budget.limit(),
-                held_back_note(held_back)
-            );
-        }
-    }
-
-    /// A process of a `--reuse-port` group that stops first accepts every
-    /// connection already queued on its listeners before it closes them,
-    /// so that the clients queued there are served (within the grace, like
-    /// the rest) rather than reset. With Linux's `tcp_migrate_req`, what
-    /// arrives after this, still in its handshake, moves to the processes
-    /// that remain when the listener closes.
-    fn take_in_queued(&mut self, registry: &Registry, now: Instant) {
-        for index in 0..self.listeners.len() {
-            if !matches!(self.listeners[index].socket, Socket::Tcp(_)) {
-                continue;
-            }
-            // Whether or not an edge said so: the queue is the truth.
-            self.listeners[index].ready = true;
-            let before = self.conns.len();
-            // The queue holds at most the backlog; a flood arriving
-            // meanwhile must not keep the shutdown from going on.
-            let rounds = LISTEN_BACKLOG as usize / ACCEPTS_PER_TURN + 1;
-            for _ in 0..rounds {
-                if !self.listeners[index].ready || self.accept_paused_until.is_some() {
-                    break;
-                }
-                self.accept_connections(registry, index, now);
-            }
-            let taken = self.conns.len().saturating_sub(before);
-            if taken > 0 {
-                debug!(
-                    "{} {}: took in {taken} queued connections before closing",
-                    self.listeners[index].service, self.listeners[index].addr
-                );
-            }
-        }
-    }
-
-    /// Logs the counters when `--stats-interval` says it is time.
-    fn log_stats(&mut self, now: Instant) {
-        let (Some(due), Some(every)) = (self.next_stats, self.limits.stats_interval) else {
-            return;
-        };
-        if now < due {
-            return;
-        }
-        info!("stats: {}", self.stats);
-        // Skip intervals the loop slept through rather than log a burst.
-        let mut next = due + every;
-        while next <= now {
-            next += every;
-        }
-        self.next_stats = Some(next);
-    }
-
-    fn close_everything(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.close(key, CloseReason::Shutdown);
-        }
-    }
-}
-
-/// Whether `ip` may connect or send: an empty allow-list allows everyone.
-fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
-    allow.is_empty() || allow.iter().any(|block| block.contains(ip))
-}
-
-/// A seed for chargen's reply lengths that differs between runs.
-fn seed_from(started: Instant) -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    since_epoch.as_nanos() as u64 ^ (started.elapsed().as_nanos() as u64).rotate_left(32)
-}
-
-/// `accept` failed for lack of descriptors or kernel memory: retrying at
-/// once would fail the same way.
-fn out_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-fn held_back_note(held_back: u64) -> String {
-    if held_back == 0 {
-        String::new()
-    } else {
-        format!(" ({held_back} more since the last warning)")
-    }
-}
-
-/// Registers listener number `index` with the poll and learns its address.
-fn register_listener(
-    poll: &Poll,
-    mut socket: Socket,
-    service: Service,
-    index: usize,
-) -> io::Result<Listener> {
-    let addr = match &socket {
-        Socket::Tcp(listener) => listener.local_addr(),
-        Socket::Udp(socket) => socket.local_addr(),
-    }?;
-    poll.registry().register(
-        socket.source(),
-        Token(LISTENER_BASE + index),
-        Interest::READABLE,
-    )?;
-    Ok(Listener {
-        socket,
-        service,
-        addr,
-        ready: false,
-    })
-}
-
-/// Binds a listener with a backlog deep enough for a connection ramp.
-fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
-    use std::os::fd::AsRawFd;
-    let socket = sys::bound_socket(addr, libc::SOCK_STREAM, reuse_port)?;
-    // SAFETY: listen(2) on a descriptor we own; no memory is passed.
-    if unsafe { libc::listen(socket.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(TcpListener::from_std(std::net::TcpListener::from(socket)))
-}
-
-/// Binds a UDP socket, shared with other processes if `reuse_port`.
-fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
-    let socket = sys::bound_socket(addr, libc::SOCK_DGRAM, reuse_port)?;
-    Ok(UdpSocket::from_std(std::net::UdpSocket::from(socket)))
 }
