@@ -1,10 +1,17 @@
 //! The few socket calls std and mio do not offer, for Linux only: with
 //! `TCP_INQ` on, `recvmsg` says how many bytes are still queued after a
 //! read, which proves a socket drained even when the read filled its buffer.
-//! Everything else in the crate is plain logic over `Read` and `Write`.
+//! UDP services on wildcard addresses answer from the address asked
+//! (`pktinfo`). Everything else in the crate is plain logic over `Read`
+//! and `Write`.
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+
+mod pktinfo;
+
+pub(crate) use pktinfo::{recv_arrival, report_arrivals, send_from};
 
 /// Asks the kernel to report, with every read, the bytes still queued.
 #[cfg(target_os = "linux")]
@@ -69,7 +76,6 @@ pub(crate) fn bound_socket(
     kind: libc::c_int,
     reuse_port: bool,
 ) -> io::Result<std::os::fd::OwnedFd> {
-    use std::net::SocketAddr;
     use std::os::fd::{FromRawFd, OwnedFd};
 
     let domain = match addr {
@@ -89,9 +95,27 @@ pub(crate) fn bound_socket(
     if reuse_port {
         set_flag(&socket, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
     }
-    // SAFETY: all-zero is a valid sockaddr_storage; each arm writes a
-    // complete sockaddr of its family into it and passes its exact length.
+    let (storage, len) = sockaddr_to(addr);
+    // SAFETY: bind(2) reads `len` bytes of a sockaddr of `addr`'s family.
     let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// `addr` as the C library takes it, with its length.
+fn sockaddr_to(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage; each arm writes a
+    // complete sockaddr of its family into it, which the storage is sized
+    // and aligned for, and returns its exact length.
+    unsafe {
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
         let len = match addr {
             SocketAddr::V4(v4) => {
@@ -117,16 +141,36 @@ pub(crate) fn bound_socket(
                 std::mem::size_of::<libc::sockaddr_in6>()
             }
         };
-        libc::bind(
-            socket.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+        (storage, len as libc::socklen_t)
     }
-    Ok(socket)
+}
+
+/// The address in `storage`, as the kernel filled it; IPv4-mapped IPv6
+/// addresses stay IPv6, as std reports them.
+fn sockaddr_from(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    let storage: *const libc::sockaddr_storage = storage;
+    match libc::c_int::from(unsafe { (*storage).ss_family }) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*storage.cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*storage.cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// Turns on a boolean socket option.

@@ -1,7 +1,7 @@
 //! The UDP services' side of the loop: each waiting datagram is checked
 //! against `--allow` and the loop guard, and answered with at most one
-//! datagram; no state is kept per peer. What the answer is lives in
-//! [`crate::udp`].
+//! datagram, from the address it was sent to; no state is kept per peer.
+//! What the answer is lives in [`crate::udp`].
 
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use super::Core;
 use super::Socket;
 use super::admission::allowed;
 use crate::conn::{interrupted, would_block};
+use crate::sys;
 use crate::udp::NEVER_ANSWER_PORTS;
 
 /// Datagrams per UDP socket per turn, for the same fairness as accepts.
@@ -26,7 +27,13 @@ impl Core {
                 return;
             };
             let service = listener.service;
-            let (len, peer) = match socket.recv_from(&mut self.scratch) {
+            let received = if listener.answers_from_arrival {
+                sys::recv_arrival(socket, &mut self.scratch)
+            } else {
+                let received = socket.recv_from(&mut self.scratch);
+                received.map(|(len, peer)| (len, peer, None))
+            };
+            let (len, peer, arrival) = match received {
                 Ok(received) => received,
                 Err(err) if would_block(&err) => {
                     listener.ready = false;
@@ -59,7 +66,13 @@ impl Core {
                 trace!("{service} {peer}: {len} bytes, no answer");
                 continue;
             };
-            match socket.send_to(reply, peer) {
+            // Without an arrival (a specific address, or a kernel that did
+            // not say), the socket's own address is the source.
+            let sent = match arrival {
+                Some(arrival) => sys::send_from(socket, reply, peer, arrival),
+                None => socket.send_to(reply, peer),
+            };
+            match sent {
                 Ok(sent) => {
                     counters.bytes_out += sent as u64;
                     trace!("{service} {peer}: {len} bytes, answered {sent}");

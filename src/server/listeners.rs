@@ -58,6 +58,9 @@ pub(super) struct Listener {
     /// Its readiness edge has not been drained by an accept that said
     /// `WouldBlock` yet.
     pub(super) ready: bool,
+    /// A UDP socket on a wildcard address, whose datagrams say where they
+    /// arrived so that each is answered from there.
+    pub(super) answers_from_arrival: bool,
 }
 
 /// Takes over the `held` listeners, then binds every address in `config`,
@@ -227,6 +230,15 @@ pub(super) fn register_listener(
         Socket::Tcp(listener) => listener.local_addr(),
         Socket::Udp(socket) => socket.local_addr(),
     }?;
+    // A specific address answers from itself; only a wildcard leaves the
+    // source to routing, which may pick another of the host's addresses.
+    let answers_from_arrival = match &socket {
+        Socket::Udp(socket) if addr.ip().is_unspecified() => {
+            sys::report_arrivals(socket, addr.is_ipv6())?;
+            true
+        }
+        _ => false,
+    };
     poll.registry().register(
         socket.source(),
         Token(LISTENER_BASE + index),
@@ -237,6 +249,7 @@ pub(super) fn register_listener(
         service,
         addr,
         ready: false,
+        answers_from_arrival,
     })
 }
 
