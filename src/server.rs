@@ -42,6 +42,7 @@ use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
 use crate::conn::{CloseReason, Connection, Label, interrupted};
 use crate::listen::{HeldListener, HeldProblem};
 use crate::stats::Stats;
+use crate::sys;
 use crate::udp::Answerer;
 
 mod admission;
@@ -630,11 +631,22 @@ impl Core {
                 }
             }
         }
-        debug!(
-            "{tag} closed: {reason}, in {} out {}",
-            entry.conn.bytes_in(),
-            entry.conn.bytes_out()
-        );
+        if log_enabled!(log::Level::Debug) {
+            // What the network made of it: asked only when it is logged.
+            let measured = match sys::tcp_measures(entry.conn.stream_mut()) {
+                Ok(tcp) => format!(
+                    ", rtt {:.2} ms, retrans {}",
+                    f64::from(tcp.rtt_us) / 1000.0,
+                    tcp.retransmitted
+                ),
+                Err(_) => String::new(),
+            };
+            debug!(
+                "{tag} closed: {reason}, in {} out {}{measured}",
+                entry.conn.bytes_in(),
+                entry.conn.bytes_out()
+            );
+        }
         // A descriptor is free again: if accepting was paused for lack of
         // one, try now rather than at the pause's end.
         self.accept_paused_until = None;

@@ -66,6 +66,49 @@ pub(crate) fn read_and_tell(
     Ok((n as usize, queued))
 }
 
+/// What the kernel measured of a TCP connection (`TCP_INFO`), for its
+/// close line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TcpMeasures {
+    /// The smoothed round-trip time, in microseconds.
+    pub(crate) rtt_us: u32,
+    /// Segments retransmitted over the connection's life.
+    pub(crate) retransmitted: u32,
+}
+
+/// One `getsockopt(TCP_INFO)`: only at close, and only when the close line
+/// is logged, so it costs nothing on the hot path.
+#[cfg(target_os = "linux")]
+pub(crate) fn tcp_measures(socket: &impl AsRawFd) -> io::Result<TcpMeasures> {
+    // SAFETY: all-zero is a valid tcp_info; getsockopt writes at most `len`
+    // bytes into it and says how many (older kernels fill less, and the
+    // two fields read here have been there since Linux 2.6).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpMeasures {
+        rtt_us: info.tcpi_rtt,
+        retransmitted: info.tcpi_total_retrans,
+    })
+}
+
+/// Not available: the close line goes without the kernel's figures.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn tcp_measures(_socket: &impl AsRawFd) -> io::Result<TcpMeasures> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// A new socket of `kind` (`SOCK_STREAM` or `SOCK_DGRAM`) bound to `addr`,
 /// non-blocking, with `SO_REUSEADDR` (as std sets it on listeners) and,
 /// if asked, `SO_REUSEPORT`, which has to be set before `bind`: so that

@@ -305,8 +305,19 @@ fn debug_log_shows_accept_and_close_with_reason_and_byte_counts() {
     assert!(label.starts_with("conn ") && label.ends_with(&peer.to_string()));
     let closed = closed.expect("close line");
     assert!(closed.contains(" DEBUG "), "{closed}");
+    // The kernel's smoothed RTT and retransmissions end the line; loopback
+    // measures tens of microseconds and loses nothing.
+    let head = format!("{label} closed: peer closed, in 5 out 5, rtt ");
+    let at = closed.find(&head).expect("close line") + head.len();
+    let (rtt, retrans) = closed[at..]
+        .split_once(" ms, retrans ")
+        .unwrap_or_else(|| panic!("{closed}"));
+    let (whole, hundredths) = rtt.split_once('.').unwrap_or_else(|| panic!("{closed}"));
     assert!(
-        closed.ends_with(&format!("{label} closed: peer closed, in 5 out 5")),
+        whole.parse::<u32>().is_ok_and(|ms| ms < 200)
+            && hundredths.len() == 2
+            && hundredths.parse::<u32>().is_ok(),
         "{closed}"
     );
+    assert_eq!(retrans, "0", "{closed}");
 }
