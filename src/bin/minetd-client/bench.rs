@@ -704,6 +704,12 @@ impl Worker {
         let mut moved = 0;
         for conn in conns[from..].iter_mut() {
             if limits.closed() {
+                if round == 0 {
+                    // The batch's confirmation ran out of time before this
+                    // connection's turn: it was never shown to work.
+                    tally.stop(conn, round, "receive", Stop::Cut, options.timeout);
+                    continue;
+                }
                 break; // no message is begun after the window
             }
             let started = Instant::now();
