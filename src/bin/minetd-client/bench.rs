@@ -31,6 +31,11 @@
 //! latency the time its `write` or `read` blocked. Discard's connections
 //! are half-closed at the end, and any byte the server sends back is a
 //! mismatch; chargen's bytes are checked against RFC 864's pattern.
+//!
+//! Every run ends by itself, whatever the server does: no message is begun
+//! after the window closes, and every read and write ends by the window's
+//! end plus `--timeout` ([`deadline`] owns both limits). What is still
+//! unanswered then is abandoned and reported, never waited for.
 
 use std::io::{self, IsTerminal};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -598,8 +603,9 @@ impl Worker {
     }
 
     /// Proves the connections just opened work, unmeasured (round 0): one
-    /// echo, or one chunk of chargen. Discard never answers, so its
-    /// connections are proved by the measured writes.
+    /// echo, or one chunk of chargen, within one `--timeout` for the whole
+    /// batch. Discard never answers, so its connections are proved by the
+    /// measured writes.
     fn confirm(&mut self, tally: &mut Tally) {
         self.limits = Limits::confirm(self.options.timeout);
         match self.options.mode {
@@ -1047,12 +1053,12 @@ fn send(
     limits: &Limits,
     tally: &mut Tally,
 ) -> bool {
-    if limits.closed() {
+    let sent_at = Instant::now();
+    if sent_at >= limits.begin_until {
         return false;
     }
     fill_message(outgoing, conn.index, round);
     let slot = (round % conn.sent_at.len() as u64) as usize;
-    let sent_at = Instant::now();
     conn.sent_at[slot] = sent_at;
     conn.last_sent = round;
     if round > 0 && window.counts(sent_at) {
