@@ -115,6 +115,7 @@ fn json_report_has_every_key_and_counts_round_trips() {
         "mismatches",
         "connect_failures",
         "errors",
+        "unanswered",
         "mode",
         "histogram",
     ];
@@ -138,6 +139,8 @@ fn json_report_has_every_key_and_counts_round_trips() {
     assert_eq!(report["mismatches"], 0);
     assert_eq!(report["connect_failures"], 0);
     assert_eq!(report["errors"], 0);
+    // A healthy server answers every message before the run ends.
+    assert_eq!(report["unanswered"], 0);
 }
 
 #[test]
@@ -168,6 +171,7 @@ fn text_report_names_every_figure() {
         "mismatches",
         "connect failures",
         "errors",
+        "unanswered",
     ] {
         assert!(text.contains(figure), "{figure:?} missing from:\n{text}");
     }

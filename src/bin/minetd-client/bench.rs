@@ -31,8 +31,13 @@
 //! latency the time its `write` or `read` blocked. Discard's connections
 //! are half-closed at the end, and any byte the server sends back is a
 //! mismatch; chargen's bytes are checked against RFC 864's pattern.
+//!
+//! Every run ends by itself, whatever the server does: no message is begun
+//! after the window closes, and every read and write ends by the window's
+//! end plus `--timeout` ([`deadline`] owns both limits). What is still
+//! unanswered then is abandoned and reported, never waited for.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use self::deadline::{Limits, Stop};
 use self::report::{LiveLine, Report};
 
 use crate::addr::{Target, set_timeouts};
@@ -49,6 +55,7 @@ use crate::error::{Error, is_timeout};
 use crate::socket;
 
 mod churn;
+mod deadline;
 mod hist;
 pub mod merge;
 mod open;
@@ -423,6 +430,9 @@ struct Conn {
     index: u64,
     /// When each message in flight was written, by round % `--pipeline`.
     sent_at: Vec<Instant>,
+    /// The last round begun: later rounds were never sent, so there is
+    /// nothing of theirs to read.
+    last_sent: u64,
     /// It failed this round; it is dropped at the end of the round.
     failed: bool,
     /// Chargen: bytes received so far, modulo the pattern's cycle.
@@ -444,6 +454,9 @@ struct Tally {
     /// Bytes read, for churn's throughput.
     bytes_in: u64,
     round_trips: u64,
+    /// Measured messages begun: sent (or, open loop, due) in the window.
+    /// Those whose whole answer was not checked are the unanswered ones.
+    begun: u64,
     mismatches: u64,
     connect_failures: u64,
     errors: u64,
@@ -466,6 +479,7 @@ impl Tally {
             measure_start,
             bytes_in: 0,
             round_trips: 0,
+            begun: 0,
             mismatches: 0,
             connect_failures: 0,
             errors: 0,
@@ -491,6 +505,7 @@ impl Tally {
         }
         self.bytes_in += other.bytes_in;
         self.round_trips += other.round_trips;
+        self.begun += other.begun;
         self.mismatches += other.mismatches;
         self.connect_failures += other.connect_failures;
         self.errors += other.errors;
@@ -527,6 +542,8 @@ struct Worker {
     window: Window,
     /// This worker's number, for the `--connect-rate` schedule.
     number: usize,
+    /// How long the current phase's I/O may go on.
+    limits: Limits,
 }
 
 impl Worker {
@@ -553,6 +570,7 @@ impl Worker {
                 end: Instant::now(),
             },
             number: 0,
+            limits: Limits::confirm(options.timeout),
         }
     }
 
@@ -573,6 +591,7 @@ impl Worker {
             end: start + self.options.duration,
         };
         tally.measure_start = start;
+        self.limits = Limits::measure(self.window.end, self.options.timeout);
         match self.options.rate {
             Some(rate) => self.measure_open(rate, self.window, &mut tally)?,
             None => {
@@ -584,9 +603,11 @@ impl Worker {
     }
 
     /// Proves the connections just opened work, unmeasured (round 0): one
-    /// echo, or one chunk of chargen. Discard never answers, so its
-    /// connections are proved by the measured writes.
+    /// echo, or one chunk of chargen, within one `--timeout` for the whole
+    /// batch. Discard never answers, so its connections are proved by the
+    /// measured writes.
     fn confirm(&mut self, tally: &mut Tally) {
+        self.limits = Limits::confirm(self.options.timeout);
         match self.options.mode {
             Mode::Echo => {
                 self.send_all(self.confirmed, 0, tally);
@@ -627,16 +648,16 @@ impl Worker {
         let Worker {
             conns,
             outgoing,
-            options,
             window,
+            limits,
             ..
         } = self;
         let errors = tally.errors;
         let mut moved = 0;
         for conn in conns.iter_mut() {
-            send(conn, outgoing, round, tally, options.timeout);
+            let sent = send(conn, outgoing, round, window, limits, tally);
             let sent_at = conn.sent_at[0];
-            if !conn.failed && window.counts(sent_at) {
+            if sent && window.counts(sent_at) {
                 tally.record(sent_at.elapsed(), Instant::now());
                 moved += 1;
             }
@@ -653,18 +674,22 @@ impl Worker {
             conns,
             incoming,
             options,
+            limits,
             ..
         } = self;
         let (mismatches, errors) = (tally.mismatches, tally.errors);
         for conn in conns.iter_mut() {
-            let result = conn
-                .stream
-                .shutdown(std::net::Shutdown::Write)
-                .and_then(|()| conn.stream.read(incoming));
+            let result = match conn.stream.shutdown(std::net::Shutdown::Write) {
+                Ok(()) => deadline::read(&conn.stream, incoming, limits),
+                Err(err) => Err(Stop::Failed(err)),
+            };
             match result {
                 Ok(0) => {}
                 Ok(n) => tally.unexpected_bytes(conn.index, n),
-                Err(err) => tally.fail(conn, round, "close", &err, options.timeout),
+                // Not closing by the run's end is a fault too, as before
+                // the bound: this is no message to abandon, but the server
+                // ignoring the end of its input.
+                Err(stop) => tally.fail(conn, round, "close", &stop.into_error(), options.timeout),
             }
         }
         self.publish(0, tally.mismatches - mismatches, tally.errors - errors);
@@ -678,14 +703,27 @@ impl Worker {
             incoming,
             options,
             window,
+            limits,
             ..
         } = self;
         let (mismatches, errors) = (tally.mismatches, tally.errors);
         let mut moved = 0;
         for conn in conns[from..].iter_mut() {
+            if limits.closed() {
+                if round == 0 {
+                    // The batch's confirmation ran out of time before this
+                    // connection's turn: it was never shown to work.
+                    tally.stop(conn, round, "receive", Stop::Cut, options.timeout);
+                    continue;
+                }
+                break; // no message is begun after the window
+            }
             let started = Instant::now();
-            if let Err(err) = conn.stream.read_exact(incoming) {
-                tally.fail(conn, round, "receive", &err, options.timeout);
+            if round > 0 && window.counts(started) {
+                tally.begun += 1;
+            }
+            if let Err(stop) = deadline::read_exact(&conn.stream, incoming, limits) {
+                tally.stop(conn, round, "receive", stop, options.timeout);
                 continue;
             }
             if round > 0 && window.counts(started) {
@@ -778,6 +816,7 @@ impl Worker {
                     stream,
                     index: index as u64,
                     sent_at: vec![Instant::now(); self.options.pipeline],
+                    last_sent: 0,
                     failed: false,
                     position: 0,
                 });
@@ -798,11 +837,12 @@ impl Worker {
         let Worker {
             conns,
             outgoing,
-            options,
+            window,
+            limits,
             ..
         } = self;
         for conn in &mut conns[from..] {
-            send(conn, outgoing, round, tally, options.timeout);
+            send(conn, outgoing, round, window, limits, tally);
         }
     }
 
@@ -817,14 +857,18 @@ impl Worker {
             incoming,
             options,
             window,
+            limits,
             ..
         } = self;
         let pipeline = options.pipeline as u64;
         let (mismatches, errors) = (tally.mismatches, tally.errors);
         let mut round_trips = 0;
         for conn in conns[from..].iter_mut().filter(|conn| !conn.failed) {
-            if let Err(err) = conn.stream.read_exact(incoming) {
-                tally.fail(conn, round, "receive", &err, options.timeout);
+            if round > conn.last_sent {
+                continue; // the window closed before this round was sent
+            }
+            if let Err(stop) = deadline::read_exact(&conn.stream, incoming, limits) {
+                tally.stop(conn, round, "receive", stop, options.timeout);
                 continue;
             }
             let sent_at = conn.sent_at[(round % pipeline) as usize];
@@ -838,7 +882,7 @@ impl Worker {
                 tally.mismatch(conn.index, round, outgoing, incoming);
             }
             if let Some(next) = send_next {
-                send(conn, outgoing, next, tally, options.timeout);
+                send(conn, outgoing, next, window, limits, tally);
             }
         }
         // One pass over flags; cheap next to a system call per connection.
@@ -888,6 +932,17 @@ impl Tally {
                 conn.index,
                 why(err, timeout)
             ));
+        }
+    }
+
+    /// Handles a read or write that did not complete: a failure is counted
+    /// as [`Tally::fail`] does; a cut (the run's end came first) only
+    /// drops the connection, its messages left unanswered, except in the
+    /// ramp, where a connection not confirmed in time failed to open.
+    fn stop(&mut self, conn: &mut Conn, round: u64, doing: &str, stop: Stop, timeout: Duration) {
+        match stop {
+            Stop::Cut if round > 0 => conn.failed = true,
+            stop => self.fail(conn, round, doing, &stop.into_error(), timeout),
         }
     }
 
@@ -986,13 +1041,35 @@ fn sleep_until(at: Instant) {
     }
 }
 
-/// Writes `conn`'s message of `round` (built in `outgoing`) and notes when.
-fn send(conn: &mut Conn, outgoing: &mut [u8], round: u64, tally: &mut Tally, timeout: Duration) {
+/// Writes `conn`'s message of `round` (built in `outgoing`) and notes
+/// when; true if it was written whole. Once the phase is closed nothing is
+/// begun, and a message begun in the window counts as begun even if its
+/// write then fails or is cut: it is one that went unanswered.
+fn send(
+    conn: &mut Conn,
+    outgoing: &mut [u8],
+    round: u64,
+    window: &Window,
+    limits: &Limits,
+    tally: &mut Tally,
+) -> bool {
+    let sent_at = Instant::now();
+    if sent_at >= limits.begin_until {
+        return false;
+    }
     fill_message(outgoing, conn.index, round);
     let slot = (round % conn.sent_at.len() as u64) as usize;
-    conn.sent_at[slot] = Instant::now();
-    if let Err(err) = conn.stream.write_all(outgoing) {
-        tally.fail(conn, round, "send", &err, timeout);
+    conn.sent_at[slot] = sent_at;
+    conn.last_sent = round;
+    if round > 0 && window.counts(sent_at) {
+        tally.begun += 1;
+    }
+    match deadline::write_all(&conn.stream, outgoing, limits) {
+        Ok(()) => true,
+        Err(stop) => {
+            tally.stop(conn, round, "send", stop, limits.timeout);
+            false
+        }
     }
 }
 

@@ -4,12 +4,17 @@
 //! as the echo loop does over its connections, so every slot keeps one
 //! connection in flight while the thread reads the others: what is
 //! measured is how many connections per second the server completes.
+//!
+//! No connection is begun after the window closes; the ones in flight then
+//! are read until the window's end plus `--timeout` (see
+//! [`super::deadline`]), counted if their reply came in whole, and
+//! abandoned (unanswered) if not.
 
-use std::io::Read;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::deadline::{self, Limits, Stop};
 use super::{Tally, Window, Worker, connect_failure, connect_time, open_connection, sleep_until};
 use crate::error::Error;
 
@@ -46,13 +51,14 @@ pub(super) fn run(worker: &Worker, mut tally: Tally) -> Result<Tally, Error> {
         end: start + options.duration,
     };
     tally.measure_start = start;
+    let limits = Limits::measure(window.end, options.timeout);
     // The first connections are spread as --connect-rate asks; after that
     // each slot reconnects as soon as its reply is in.
     for (nth, slot) in slots.iter_mut().enumerate() {
         if let Some(at) = connect_time(options, worker.number, nth) {
             sleep_until(origin + at);
         }
-        connect(worker, slot, &mut tally);
+        connect(worker, slot, &window, &mut tally);
     }
     tally.opened = slots.len() as u64;
     let mut reply = [0; READ_CAP];
@@ -60,10 +66,12 @@ pub(super) fn run(worker: &Worker, mut tally: Tally) -> Result<Tally, Error> {
         let (mismatches, errors, round_trips) = (tally.mismatches, tally.errors, tally.round_trips);
         for slot in slots.iter_mut() {
             if let Some((stream, started)) = slot.stream.take() {
-                finish(slot.index, stream, started, &window, &mut reply, &mut tally);
+                finish(
+                    slot.index, stream, started, &window, &limits, &mut reply, &mut tally,
+                );
             }
-            if Instant::now() < window.end {
-                connect(worker, slot, &mut tally);
+            if !limits.closed() {
+                connect(worker, slot, &window, &mut tally);
             }
         }
         worker.shared.publish(
@@ -75,18 +83,22 @@ pub(super) fn run(worker: &Worker, mut tally: Tally) -> Result<Tally, Error> {
             break; // nothing connects any more
         }
     }
-    // The connections still in flight at the end are read, but not counted.
+    // The connections still in flight at the end count if their reply
+    // comes in whole by the limit, as the echo loop's last messages do.
     for slot in slots.iter_mut() {
-        if let Some((mut stream, _)) = slot.stream.take() {
-            let _ = read_reply(&mut stream, &mut reply);
+        if let Some((stream, started)) = slot.stream.take() {
+            finish(
+                slot.index, stream, started, &window, &limits, &mut reply, &mut tally,
+            );
         }
     }
-    tally.finished = Some(Instant::now().min(window.end));
+    tally.finished = Some(Instant::now().max(window.start));
     Ok(tally)
 }
 
-/// Opens `slot`'s next connection; a failure is a connect failure.
-fn connect(worker: &Worker, slot: &mut Slot, tally: &mut Tally) {
+/// Opens `slot`'s next connection; a failure is a connect failure. One
+/// begun in the window is owed a reply.
+fn connect(worker: &Worker, slot: &mut Slot, window: &Window, tally: &mut Tally) {
     let started = Instant::now();
     let options = &worker.options;
     let opened = match options.source_addrs.as_slice() {
@@ -94,7 +106,12 @@ fn connect(worker: &Worker, slot: &mut Slot, tally: &mut Tally) {
         _ => open_connection(worker.dest, options, slot.index),
     };
     match opened {
-        Ok(stream) => slot.stream = Some((stream, started)),
+        Ok(stream) => {
+            if window.counts(started) {
+                tally.begun += 1;
+            }
+            slot.stream = Some((stream, started));
+        }
         Err(err) => {
             tally.connect_failures += 1;
             if tally.first_connect_failure.is_none() {
@@ -107,18 +124,20 @@ fn connect(worker: &Worker, slot: &mut Slot, tally: &mut Tally) {
 /// Reads one connection's reply to EOF, checks it and counts it.
 fn finish(
     index: usize,
-    mut stream: TcpStream,
+    stream: TcpStream,
     started: Instant,
     window: &Window,
+    limits: &Limits,
     reply: &mut [u8; READ_CAP],
     tally: &mut Tally,
 ) {
-    let len = match read_reply(&mut stream, reply) {
+    let len = match read_reply(&stream, reply, limits) {
         Ok(len) => len,
-        Err(err) => {
+        Err(Stop::Cut) => return, // abandoned: the run is over
+        Err(Stop::Failed(err)) => {
             tally.errors += 1;
             if tally.first_error.is_none() {
-                let why = super::why(&err, worker_timeout(&stream));
+                let why = super::why(&err, limits.timeout);
                 tally.first_error = Some(format!("conn {index}: receive: {why}"));
             }
             return;
@@ -143,20 +162,14 @@ fn finish(
     }
 }
 
-/// The socket's read timeout, for the error message.
-fn worker_timeout(stream: &TcpStream) -> std::time::Duration {
-    stream.read_timeout().ok().flatten().unwrap_or_default()
-}
-
-/// Reads until EOF or until more than a line's worth has come.
-fn read_reply(stream: &mut TcpStream, reply: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until EOF or until more than a line's worth has come, by the
+/// limit (`deadline::read` retries interrupted reads).
+fn read_reply(stream: &TcpStream, reply: &mut [u8], limits: &Limits) -> Result<usize, Stop> {
     let mut len = 0;
     while len < reply.len() {
-        match stream.read(&mut reply[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
+        match deadline::read(stream, &mut reply[len..], limits)? {
+            0 => break,
+            n => len += n,
         }
     }
     Ok(len)

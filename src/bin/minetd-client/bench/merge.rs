@@ -97,6 +97,9 @@ fn parse(value: &Value) -> Result<Report, String> {
         mismatches: count("mismatches")?,
         connect_failures: count("connect_failures")?,
         errors: count("errors")?,
+        // Results from before the run's end was bounded have no such key:
+        // nothing was abandoned then, the run waited for every echo.
+        unanswered: value["unanswered"].as_u64().unwrap_or(0),
     })
 }
 
@@ -126,5 +129,6 @@ fn combine(mut merged: Report, next: Report, path: &Path) -> Result<Report, Erro
     merged.mismatches += next.mismatches;
     merged.connect_failures += next.connect_failures;
     merged.errors += next.errors;
+    merged.unanswered += next.unanswered;
     Ok(merged)
 }

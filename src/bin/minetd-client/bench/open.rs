@@ -15,15 +15,21 @@
 //! The sender tells the receiver only *which* connection it wrote to; which
 //! message that was is the connection's own count, kept under its lock with
 //! the write itself, so the two threads always agree.
+//!
+//! When the window closes nothing more is written, not even messages that
+//! fell due in it and are still held back: the receiver reads what is in
+//! flight until the window's end plus `--timeout` (see [`super::deadline`])
+//! and abandons the rest. Every message due in the window is then either a
+//! checked round trip or unanswered.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::deadline::{self, Limits, Stop};
 use super::pace::{self, Schedule};
 use super::{Shared, Tally, Window, fill_message};
 use crate::error::Error;
@@ -71,8 +77,9 @@ impl OpenConn {
 struct Plan {
     schedule: Schedule,
     window: Window,
-    /// Messages are not sent if due at or after this.
-    end: Instant,
+    /// Messages are not sent if due at or after this, nor once it passed;
+    /// every read and write ends by `limits.by`.
+    limits: Limits,
     pipeline: u64,
     size: usize,
     timeout: Duration,
@@ -92,17 +99,27 @@ impl Plan {
         let mut written = 0;
         while !state.failed && state.next_seq - state.recv_seq < self.pipeline {
             let due = self.schedule.due(conn.index, state.next_seq);
-            if due > now || due >= self.end {
+            // `now` is when the caller looked; a write before may have
+            // blocked past the window's end, so look again.
+            if due > now || due >= self.limits.begin_until || self.limits.closed() {
                 break;
             }
             // Round 0 was the ramp's confirming echo; the schedule's
             // messages are rounds 1, 2, ...
             let round = state.next_seq + 1;
             fill_message(outgoing, conn.index, round);
-            if let Err(err) = (&conn.stream).write_all(outgoing) {
-                state.failed = true;
-                tally.fail_open(conn.index, "send", &err, self.timeout);
-                break;
+            match deadline::write_all(&conn.stream, outgoing, &self.limits) {
+                Ok(()) => {}
+                Err(Stop::Cut) => {
+                    // Half a message may be out: the connection is spent.
+                    state.failed = true;
+                    break;
+                }
+                Err(Stop::Failed(err)) => {
+                    state.failed = true;
+                    tally.fail_open(conn.index, "send", &err, self.timeout);
+                    break;
+                }
             }
             let slot = (state.next_seq % self.pipeline) as usize;
             state.written[slot] = Instant::now();
@@ -145,7 +162,7 @@ impl super::Worker {
         let plan = Arc::new(Plan {
             schedule: Schedule::new(window.origin, self.options.connections, rate),
             window,
-            end: window.end,
+            limits: self.limits,
             pipeline,
             size: self.options.size,
             timeout: self.options.timeout,
@@ -170,11 +187,19 @@ impl super::Worker {
 
         let mut outgoing = vec![0; plan.size];
         let mut now = Instant::now();
+        // Messages due from here on are not owed: Ctrl-C ended the run.
+        let mut interrupted_at = None;
         'schedule: for seq in 0.. {
             let mut batch = Vec::new();
             for (i, conn) in conns.iter().enumerate() {
                 let due = plan.schedule.due(conn.index, seq);
-                if due >= plan.end || self.shared.stopping() {
+                if self.shared.stopping() {
+                    interrupted_at = Some(Instant::now());
+                }
+                if due >= plan.limits.begin_until
+                    || plan.limits.closed()
+                    || interrupted_at.is_some()
+                {
                     send_batch(&to_receiver, &mut batch);
                     break 'schedule;
                 }
@@ -200,6 +225,16 @@ impl super::Worker {
             .join()
             .map_err(|_| Error::Failed("a bench thread panicked".to_string()))?;
         tally.merge(received)?;
+        // Every message due in the window is owed, whether it was sent or
+        // held back for want of room in the pipeline.
+        let owed_until = interrupted_at.map_or(window.end, |at| at.clamp(window.start, window.end));
+        tally.begun += conns
+            .iter()
+            .map(|conn| {
+                plan.schedule
+                    .count_due(conn.index, window.start, owed_until)
+            })
+            .sum::<u64>();
         Ok(())
     }
 }
@@ -264,9 +299,13 @@ fn receive(
         if conn.lock().failed {
             continue;
         }
-        if let Err(err) = (&conn.stream).read_exact(&mut incoming) {
-            conn.lock().failed = true;
-            tally.fail_open(conn.index, "receive", &err, plan.timeout);
+        if let Err(stop) = deadline::read_exact(&conn.stream, &mut incoming, &plan.limits) {
+            let mut state = conn.lock();
+            // The sender may have failed it meanwhile, and counted that.
+            if let (Stop::Failed(err), false) = (&stop, state.failed) {
+                tally.fail_open(conn.index, "receive", err, plan.timeout);
+            }
+            state.failed = true;
             continue;
         }
         let done = Instant::now();

@@ -31,6 +31,28 @@ impl Schedule {
         // f64 holds slots exactly up to 2^53: centuries at any real rate.
         self.start + Duration::from_secs_f64(slot as f64 / self.rate)
     }
+
+    /// How many messages of connection `index` fall due in `from..to`.
+    pub(super) fn count_due(&self, index: u64, from: Instant, to: Instant) -> u64 {
+        self.first_due_at(index, to)
+            .saturating_sub(self.first_due_at(index, from))
+    }
+
+    /// The first message of connection `index` due at or after `at`:
+    /// estimated in floating point, then settled against [`Schedule::due`]
+    /// itself, so the count agrees exactly with the times messages are sent.
+    fn first_due_at(&self, index: u64, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.start).as_secs_f64();
+        let estimate = (since * self.rate - index as f64) / self.connections as f64;
+        let mut seq = estimate.ceil().max(0.0) as u64;
+        while seq > 0 && self.due(index, seq - 1) >= at {
+            seq -= 1;
+        }
+        while self.due(index, seq) < at {
+            seq += 1;
+        }
+        seq
+    }
 }
 
 /// Makes this thread's sleeps end within a few microseconds of when they
@@ -133,5 +155,24 @@ mod tests {
         assert_eq!(at(3, 0), Duration::from_millis(3));
         assert_eq!(at(0, 1), Duration::from_millis(4));
         assert_eq!(at(2, 250), Duration::from_millis(1002));
+    }
+
+    #[test]
+    fn messages_due_in_a_span_are_counted_exactly() {
+        let start = Instant::now();
+        let schedule = Schedule::new(start, 4, 1000.0);
+        let ms = |n| start + Duration::from_millis(n);
+        // Connection 0 at 0, 4, 8 … 996 ms; connection 3 at 3, 7 … 999 ms.
+        assert_eq!(schedule.count_due(0, start, ms(1000)), 250);
+        assert_eq!(schedule.count_due(3, start, ms(1000)), 250);
+        assert_eq!(schedule.count_due(0, ms(1), ms(1000)), 249);
+        assert_eq!(schedule.count_due(0, ms(4), ms(8)), 1);
+        assert_eq!(schedule.count_due(3, ms(999), ms(1000)), 1);
+        assert_eq!(schedule.count_due(3, ms(1000), ms(1000)), 0);
+        let odd = Schedule::new(start, 3, 7.0);
+        let by_walking = (0..100)
+            .filter(|&seq| odd.due(1, seq) >= ms(500) && odd.due(1, seq) < ms(5500))
+            .count() as u64;
+        assert_eq!(odd.count_due(1, ms(500), ms(5500)), by_walking);
     }
 }

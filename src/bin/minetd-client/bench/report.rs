@@ -99,6 +99,10 @@ pub(super) struct Report {
     pub(super) mismatches: u64,
     pub(super) connect_failures: u64,
     pub(super) errors: u64,
+    /// Measured messages whose whole answer was never checked: still in
+    /// flight when the run ended (abandoned, not waited for), lost with a
+    /// failed connection or, open loop, due but never sent for want of room.
+    pub(super) unanswered: u64,
 }
 
 /// p50, p90, p99, p99.9 and max of a histogram in microseconds (all 0 when
@@ -164,6 +168,7 @@ impl Report {
             mismatches: tally.mismatches,
             connect_failures: tally.connect_failures,
             errors: tally.errors,
+            unanswered: tally.begun.saturating_sub(tally.round_trips),
         })
     }
 
@@ -178,7 +183,7 @@ impl Report {
             concat!(
                 "{{\"connections\":{},\"size\":{},\"duration_s\":{:.3},\"round_trips\":{},",
                 "\"rps\":{:.1},\"mbps\":{:.3},\"latency_us\":{},\"mismatches\":{},",
-                "\"connect_failures\":{},\"errors\":{},\"mode\":\"{}\""
+                "\"connect_failures\":{},\"errors\":{},\"unanswered\":{},\"mode\":\"{}\""
             ),
             self.connections,
             self.size,
@@ -190,6 +195,7 @@ impl Report {
             self.mismatches,
             self.connect_failures,
             self.errors,
+            self.unanswered,
             self.mode.name(),
         );
         if let Some(rate) = self.rate {
@@ -268,8 +274,9 @@ impl Report {
         text.push_str(&format!(
             "mismatches        {}\n\
              connect failures  {}\n\
-             errors            {}\n",
-            self.mismatches, self.connect_failures, self.errors,
+             errors            {}\n\
+             unanswered        {}\n",
+            self.mismatches, self.connect_failures, self.errors, self.unanswered,
         ));
         text
     }
@@ -280,7 +287,7 @@ impl Report {
         let mut text = String::new();
         if header {
             text.push_str(&format!(
-                "{:>11} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}\n",
+                "{:>11} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>10}\n",
                 "connections",
                 "round_trips",
                 "rps",
@@ -291,17 +298,19 @@ impl Report {
                 "max_us",
                 "mismatches",
                 "cfail",
-                "errors"
+                "errors",
+                "unanswered"
             ));
         }
         text.push_str(&format!(
-            "{:>11} {:>12} {:>12.1} {p50:>10.1} {p90:>10.1} {p99:>10.1} {p999:>10.1} {max:>10.1} {:>10} {:>8} {:>8}\n",
+            "{:>11} {:>12} {:>12.1} {p50:>10.1} {p90:>10.1} {p99:>10.1} {p999:>10.1} {max:>10.1} {:>10} {:>8} {:>8} {:>10}\n",
             self.connections,
             self.round_trips,
             self.rps,
             self.mismatches,
             self.connect_failures,
             self.errors,
+            self.unanswered,
         ));
         text
     }
@@ -417,6 +426,7 @@ mod tests {
             mismatches: 0,
             connect_failures: 0,
             errors: 0,
+            unanswered: 3,
         }
     }
 
@@ -429,7 +439,7 @@ mod tests {
             "{\"connections\":10,\"size\":64,\"duration_s\":2.000,\"round_trips\":1000,\
              \"rps\":500.0,\"mbps\":0.032,\"latency_us\":{\"p50\":30.0,\"p90\":50.0,\
              \"p99\":50.0,\"p999\":50.0,\"max\":50.0},\"mismatches\":0,\
-             \"connect_failures\":0,\"errors\":0,\"mode\":\"echo\""
+             \"connect_failures\":0,\"errors\":0,\"unanswered\":3,\"mode\":\"echo\""
         );
         let encoded = histogram.strip_suffix("\"}\n").unwrap();
         assert_eq!(hist::decode(encoded).unwrap().len(), 1000);
