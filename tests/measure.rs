@@ -279,7 +279,7 @@ fn warmup_messages_are_not_counted_in_the_open_loop() {
     assert!(unanswered <= 4, "{unanswered} of 200 never sent");
     assert_eq!(received.load(Ordering::SeqCst), (400 - unanswered + 2) * 64);
     assert_eq!(
-        decode_histogram(report["histogram"].as_str().unwrap()).len() as u64,
+        decode_histogram(report["histogram"].as_str().unwrap()).len(),
         round_trips
     );
 }
