@@ -36,6 +36,13 @@
 //! after the window closes, and every read and write ends by the window's
 //! end plus `--timeout` ([`deadline`] owns both limits). What is still
 //! unanswered then is abandoned and reported, never waited for.
+//!
+//! This file keeps the options and the run's outline (ramp, warm-up,
+//! window, report); the parts live beside it: `ramp` (opening and
+//! confirming the connections), `closed` (the closed loops of echo,
+//! discard and chargen), `open` and `pace` (`--rate`), `churn`
+//! (`--mode daytime`), `tally` (what a worker counted), `deadline` (where
+//! a run ends), `hist`, `report`, `plot` and `merge` (what is printed).
 
 use std::io::{self, IsTerminal};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -45,23 +52,26 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
-use self::deadline::{Limits, Stop};
+use self::closed::fill_message;
+use self::deadline::Limits;
+use self::ramp::{connect_failure, connect_time, ensure_fd_limit, open_connection, shares};
 use self::report::{LiveLine, Report};
+use self::tally::{Tally, why};
 
-use crate::addr::{Target, set_timeouts};
-use crate::error::{Error, is_timeout};
-use crate::socket;
+use crate::addr::Target;
+use crate::error::Error;
 
 mod churn;
+mod closed;
 mod deadline;
 mod hist;
 pub mod merge;
 mod open;
 mod pace;
 mod plot;
+mod ramp;
 mod report;
+mod tally;
 
 /// Most connections `--connections` accepts (clap wants an `i64` bound).
 pub const MAX_CONNECTIONS: i64 = 1_000_000;
@@ -71,22 +81,6 @@ pub const MAX_CONNECTIONS: i64 = 1_000_000;
 /// client reading; up to this size that holds against any server at its
 /// default cap, whatever the socket buffers.
 pub const MAX_SIZE: i64 = 65_536;
-
-/// Connections the whole client opens before it confirms them with one
-/// echo each. Confirmed connections have left the server's accept queue, so
-/// the queue never holds more than this, under std's and mio's default
-/// listen backlog of 128 even if the server never raised it; beyond the
-/// backlog Linux drops SYNs and the ramp stalls on retransmits.
-const RAMP_IN_FLIGHT: usize = 128;
-
-/// A thread stops opening connections after this many failures in a row
-/// (counting the rest as failures too): when the server takes no more, each
-/// further attempt could cost a whole `--timeout`.
-const MAX_FAILURES_IN_A_ROW: usize = 16;
-
-/// Descriptors needed besides the connections: stdio, the resolver's and
-/// whatever else the process holds, with room to spare.
-const SPARE_FDS: u64 = 64;
 
 /// How often the main thread looks at the workers while they run.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -378,50 +372,6 @@ fn stop_on_interrupt() -> Result<Arc<AtomicBool>, Error> {
     Ok(stop)
 }
 
-/// Raises the soft descriptor limit as far as the connections need.
-fn ensure_fd_limit(connections: usize) -> Result<(), Error> {
-    let needed = connections as u64 + SPARE_FDS;
-    let limit = rlimit::increase_nofile_limit(needed).map_err(|source| Error::Io {
-        context: "cannot raise the open-file limit".to_string(),
-        source,
-    })?;
-    if limit < needed {
-        return Err(Error::Failed(format!(
-            "{connections} connections need about {needed} file descriptors, \
-             but the limit is {limit} (ulimit -Hn)"
-        )));
-    }
-    Ok(())
-}
-
-/// Splits connection indices `0..connections` into `threads` contiguous,
-/// near-equal ranges.
-fn shares(connections: usize, threads: usize) -> Vec<Range<usize>> {
-    let (each, extra) = (connections / threads, connections % threads);
-    let mut start = 0;
-    (0..threads)
-        .map(|t| {
-            let len = each + usize::from(t < extra);
-            let range = start..start + len;
-            start += len;
-            range
-        })
-        .collect()
-}
-
-/// Opens connection number `index`, from its source address if any were
-/// given, ready for the benchmark.
-fn open_connection(dest: SocketAddr, options: &Options, index: usize) -> io::Result<TcpStream> {
-    let stream = match options.source_addrs.as_slice() {
-        [] => TcpStream::connect_timeout(&dest, options.timeout)?,
-        sources => socket::connect_from(sources[index % sources.len()], dest, options.timeout)?,
-    };
-    // One small message per write: never wait for an ACK to coalesce.
-    stream.set_nodelay(true)?;
-    set_timeouts(&stream, options.timeout)?;
-    Ok(stream)
-}
-
 /// One benchmark connection.
 #[derive(Debug)]
 struct Conn {
@@ -437,88 +387,6 @@ struct Conn {
     failed: bool,
     /// Chargen: bytes received so far, modulo the pattern's cycle.
     position: usize,
-}
-
-/// What one worker counted.
-#[derive(Debug)]
-struct Tally {
-    /// Latencies of the measured messages, in microseconds.
-    latency: Histogram<u64>,
-    /// Open loop: the same from each message's actual write.
-    service: Histogram<u64>,
-    /// With `--hist-log`: `latency` again, one histogram per second of
-    /// the measurement (by when each message completed).
-    intervals: Option<Vec<Histogram<u64>>>,
-    /// When measuring started, for `intervals`.
-    measure_start: Instant,
-    /// Bytes read, for churn's throughput.
-    bytes_in: u64,
-    round_trips: u64,
-    /// Measured messages begun: sent (or, open loop, due) in the window.
-    /// Those whose whole answer was not checked are the unanswered ones.
-    begun: u64,
-    mismatches: u64,
-    connect_failures: u64,
-    errors: u64,
-    /// Connections opened and confirmed by their first echo.
-    opened: u64,
-    /// The first mismatch, connect failure and error, to tell the user.
-    first_mismatch: Option<String>,
-    first_connect_failure: Option<String>,
-    first_error: Option<String>,
-    /// When this worker's last round ended.
-    finished: Option<Instant>,
-}
-
-impl Tally {
-    fn new(intervals: bool, measure_start: Instant) -> Result<Tally, Error> {
-        Ok(Tally {
-            latency: hist::new_histogram()?,
-            service: hist::new_histogram()?,
-            intervals: intervals.then(Vec::new),
-            measure_start,
-            bytes_in: 0,
-            round_trips: 0,
-            begun: 0,
-            mismatches: 0,
-            connect_failures: 0,
-            errors: 0,
-            opened: 0,
-            first_mismatch: None,
-            first_connect_failure: None,
-            first_error: None,
-            finished: None,
-        })
-    }
-
-    /// Adds another worker's counts to these.
-    fn merge(&mut self, other: Tally) -> Result<(), Error> {
-        hist::add(&mut self.latency, &other.latency)?;
-        hist::add(&mut self.service, &other.service)?;
-        if let (Some(into), Some(from)) = (&mut self.intervals, &other.intervals) {
-            for (n, histogram) in from.iter().enumerate() {
-                if n == into.len() {
-                    into.push(hist::new_histogram()?);
-                }
-                hist::add(&mut into[n], histogram)?;
-            }
-        }
-        self.bytes_in += other.bytes_in;
-        self.round_trips += other.round_trips;
-        self.begun += other.begun;
-        self.mismatches += other.mismatches;
-        self.connect_failures += other.connect_failures;
-        self.errors += other.errors;
-        self.opened += other.opened;
-        self.first_mismatch = self.first_mismatch.take().or(other.first_mismatch);
-        self.first_connect_failure = self
-            .first_connect_failure
-            .take()
-            .or(other.first_connect_failure);
-        self.first_error = self.first_error.take().or(other.first_error);
-        self.finished = self.finished.max(other.finished);
-        Ok(())
-    }
 }
 
 /// One thread's share of the benchmark.
@@ -602,435 +470,10 @@ impl Worker {
         Ok(tally)
     }
 
-    /// Proves the connections just opened work, unmeasured (round 0): one
-    /// echo, or one chunk of chargen, within one `--timeout` for the whole
-    /// batch. Discard never answers, so its connections are proved by the
-    /// measured writes.
-    fn confirm(&mut self, tally: &mut Tally) {
-        self.limits = Limits::confirm(self.options.timeout);
-        match self.options.mode {
-            Mode::Echo => {
-                self.send_all(self.confirmed, 0, tally);
-                self.receive_all(self.confirmed, 0, None, tally);
-            }
-            Mode::Chargen => self.download(self.confirmed, 0, tally),
-            Mode::Discard | Mode::Daytime => {}
-        }
-    }
-
-    /// Measured rounds until `deadline`.
-    fn measure(&mut self, deadline: Instant, tally: &mut Tally) {
-        match self.options.mode {
-            Mode::Echo => self.measure_echo(deadline, tally),
-            Mode::Discard => {
-                let mut round = 1;
-                while !self.conns.is_empty() && Instant::now() < deadline && !self.shared.stopping()
-                {
-                    self.upload(round, tally);
-                    round += 1;
-                }
-                self.expect_silence(round, tally);
-            }
-            Mode::Chargen => {
-                let mut round = 1;
-                while !self.conns.is_empty() && Instant::now() < deadline && !self.shared.stopping()
-                {
-                    self.download(0, round, tally);
-                    round += 1;
-                }
-            }
-            Mode::Daytime => {}
-        }
-    }
-
-    /// Writes one message to each connection, timing each write.
-    fn upload(&mut self, round: u64, tally: &mut Tally) {
-        let Worker {
-            conns,
-            outgoing,
-            window,
-            limits,
-            ..
-        } = self;
-        let errors = tally.errors;
-        let mut moved = 0;
-        for conn in conns.iter_mut() {
-            let sent = send(conn, outgoing, round, window, limits, tally);
-            let sent_at = conn.sent_at[0];
-            if sent && window.counts(sent_at) {
-                tally.record(sent_at.elapsed(), Instant::now());
-                moved += 1;
-            }
-        }
-        conns.retain(|conn| !conn.failed);
-        tally.round_trips += moved;
-        self.publish(moved, 0, tally.errors - errors);
-    }
-
-    /// Ends a discard run: half-closes each connection and expects the
-    /// server to close without having sent a byte.
-    fn expect_silence(&mut self, round: u64, tally: &mut Tally) {
-        let Worker {
-            conns,
-            incoming,
-            options,
-            limits,
-            ..
-        } = self;
-        let (mismatches, errors) = (tally.mismatches, tally.errors);
-        for conn in conns.iter_mut() {
-            let result = match conn.stream.shutdown(std::net::Shutdown::Write) {
-                Ok(()) => deadline::read(&conn.stream, incoming, limits),
-                Err(err) => Err(Stop::Failed(err)),
-            };
-            match result {
-                Ok(0) => {}
-                Ok(n) => tally.unexpected_bytes(conn.index, n),
-                // Not closing by the run's end is a fault too, as before
-                // the bound: this is no message to abandon, but the server
-                // ignoring the end of its input.
-                Err(stop) => tally.fail(conn, round, "close", &stop.into_error(), options.timeout),
-            }
-        }
-        self.publish(0, tally.mismatches - mismatches, tally.errors - errors);
-    }
-
-    /// Reads one message from each connection from `from` on and checks it
-    /// against the chargen pattern; round 0 is not measured.
-    fn download(&mut self, from: usize, round: u64, tally: &mut Tally) {
-        let Worker {
-            conns,
-            incoming,
-            options,
-            window,
-            limits,
-            ..
-        } = self;
-        let (mismatches, errors) = (tally.mismatches, tally.errors);
-        let mut moved = 0;
-        for conn in conns[from..].iter_mut() {
-            if limits.closed() {
-                if round == 0 {
-                    // The batch's confirmation ran out of time before this
-                    // connection's turn: it was never shown to work.
-                    tally.stop(conn, round, "receive", Stop::Cut, options.timeout);
-                    continue;
-                }
-                break; // no message is begun after the window
-            }
-            let started = Instant::now();
-            if round > 0 && window.counts(started) {
-                tally.begun += 1;
-            }
-            if let Err(stop) = deadline::read_exact(&conn.stream, incoming, limits) {
-                tally.stop(conn, round, "receive", stop, options.timeout);
-                continue;
-            }
-            if round > 0 && window.counts(started) {
-                tally.record(started.elapsed(), Instant::now());
-                moved += 1;
-            }
-            if let Some(at) = chargen_mismatch(conn.position, incoming) {
-                let expected = minetd::chargen::window(conn.position + at, 1)[0];
-                tally.mismatch_at(
-                    conn.index,
-                    round,
-                    at,
-                    incoming.len(),
-                    expected,
-                    incoming[at],
-                );
-            }
-            conn.position = minetd::chargen::advance(conn.position, incoming.len());
-        }
-        conns.retain(|conn| !conn.failed);
-        tally.round_trips += moved;
-        self.publish(moved, tally.mismatches - mismatches, tally.errors - errors);
-    }
-
-    /// Echo rounds until `deadline`: every connection always has
-    /// `--pipeline` messages in flight; at the end the messages still in
-    /// flight are read back without sending more.
-    fn measure_echo(&mut self, deadline: Instant, tally: &mut Tally) {
-        let pipeline = self.options.pipeline as u64;
-        for round in 1..=pipeline {
-            self.send_all(0, round, tally);
-        }
-        let mut round = 1;
-        while !self.conns.is_empty() {
-            let last = Instant::now() >= deadline || self.shared.stopping();
-            let next = (!last).then_some(round + pipeline);
-            self.receive_all(0, round, next, tally);
-            if last {
-                for round in round + 1..round + pipeline {
-                    self.receive_all(0, round, None, tally);
-                }
-                return;
-            }
-            round += 1;
-        }
-    }
-
-    /// Opens this worker's connections in batches, confirming each batch
-    /// with one unmeasured echo (round 0) before opening the next.
-    fn ramp(&mut self, tally: &mut Tally) {
-        let batch = (RAMP_IN_FLIGHT / self.options.threads).max(1);
-        let mut failures_in_a_row = 0;
-        let mut next = self.range.start;
-        while next < self.range.end && !self.shared.stopping() {
-            let batch_end = (next + batch).min(self.range.end);
-            for index in next..batch_end {
-                if let Some(at) = connect_time(&self.options, self.number, index - self.range.start)
-                {
-                    sleep_until(self.shared.ramp_start + at);
-                }
-                if failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
-                    tally.connect_failures += 1; // not tried: see MAX_FAILURES_IN_A_ROW
-                } else if self.open(index, tally) {
-                    failures_in_a_row = 0;
-                } else {
-                    failures_in_a_row += 1;
-                }
-            }
-            self.shared
-                .attempted
-                .fetch_add(batch_end - next, Ordering::Relaxed);
-            self.confirm(tally);
-            self.confirmed = self.conns.len();
-            next = batch_end;
-        }
-        // Ctrl-C during the ramp: the connections never opened count as failed.
-        tally.connect_failures += (self.range.end - next) as u64;
-        tally.opened = self.conns.len() as u64;
-    }
-
-    /// Opens connection `index`; false (and counted) if it fails.
-    fn open(&mut self, index: usize, tally: &mut Tally) -> bool {
-        let opened = match self.first.take() {
-            Some(stream) => Ok(stream),
-            None => open_connection(self.dest, &self.options, index),
-        };
-        match opened {
-            Ok(stream) => {
-                self.conns.push(Conn {
-                    stream,
-                    index: index as u64,
-                    sent_at: vec![Instant::now(); self.options.pipeline],
-                    last_sent: 0,
-                    failed: false,
-                    position: 0,
-                });
-                true
-            }
-            Err(err) => {
-                tally.connect_failures += 1;
-                if tally.first_connect_failure.is_none() {
-                    tally.first_connect_failure = Some(connect_failure(index, &err));
-                }
-                false
-            }
-        }
-    }
-
-    /// Writes round `round`'s message to every connection from `from` on.
-    fn send_all(&mut self, from: usize, round: u64, tally: &mut Tally) {
-        let Worker {
-            conns,
-            outgoing,
-            window,
-            limits,
-            ..
-        } = self;
-        for conn in &mut conns[from..] {
-            send(conn, outgoing, round, window, limits, tally);
-        }
-    }
-
-    /// Reads round `round`'s echo from every connection from `from` on and
-    /// checks it; with `send_next`, writes that connection's next message
-    /// as soon as its echo is in, so the server never runs out of work
-    /// while the client reads. Failed connections are dropped afterwards.
-    fn receive_all(&mut self, from: usize, round: u64, send_next: Option<u64>, tally: &mut Tally) {
-        let Worker {
-            conns,
-            outgoing,
-            incoming,
-            options,
-            window,
-            limits,
-            ..
-        } = self;
-        let pipeline = options.pipeline as u64;
-        let (mismatches, errors) = (tally.mismatches, tally.errors);
-        let mut round_trips = 0;
-        for conn in conns[from..].iter_mut().filter(|conn| !conn.failed) {
-            if round > conn.last_sent {
-                continue; // the window closed before this round was sent
-            }
-            if let Err(stop) = deadline::read_exact(&conn.stream, incoming, limits) {
-                tally.stop(conn, round, "receive", stop, options.timeout);
-                continue;
-            }
-            let sent_at = conn.sent_at[(round % pipeline) as usize];
-            if round > 0 && window.counts(sent_at) {
-                let done = Instant::now();
-                tally.record(done - sent_at, done);
-                round_trips += 1;
-            }
-            fill_message(outgoing, conn.index, round);
-            if incoming != outgoing {
-                tally.mismatch(conn.index, round, outgoing, incoming);
-            }
-            if let Some(next) = send_next {
-                send(conn, outgoing, next, window, limits, tally);
-            }
-        }
-        // One pass over flags; cheap next to a system call per connection.
-        conns.retain(|conn| !conn.failed);
-        tally.round_trips += round_trips;
-        self.publish(
-            round_trips,
-            tally.mismatches - mismatches,
-            tally.errors - errors,
-        );
-    }
-
     /// Adds a round's counts to the shared ones the live line shows.
     fn publish(&self, round_trips: u64, mismatches: u64, errors: u64) {
         self.shared.publish(round_trips, mismatches, errors);
     }
-}
-
-impl Tally {
-    /// Counts a failed connection and marks it for removal. A connection
-    /// that fails before its first echo (round 0, in the ramp) was never
-    /// usable, as when a server at its connection limit accepts and closes
-    /// at once: that is a connect failure, not an error.
-    fn fail(
-        &mut self,
-        conn: &mut Conn,
-        round: u64,
-        doing: &str,
-        err: &io::Error,
-        timeout: Duration,
-    ) {
-        conn.failed = true;
-        let (count, first, doing) = if round == 0 {
-            let doing = format!("{doing} of its first echo");
-            (
-                &mut self.connect_failures,
-                &mut self.first_connect_failure,
-                doing,
-            )
-        } else {
-            (&mut self.errors, &mut self.first_error, doing.to_string())
-        };
-        *count += 1;
-        if first.is_none() {
-            *first = Some(format!(
-                "conn {}: {doing}: {}",
-                conn.index,
-                why(err, timeout)
-            ));
-        }
-    }
-
-    /// Handles a read or write that did not complete: a failure is counted
-    /// as [`Tally::fail`] does; a cut (the run's end came first) only
-    /// drops the connection, its messages left unanswered, except in the
-    /// ramp, where a connection not confirmed in time failed to open.
-    fn stop(&mut self, conn: &mut Conn, round: u64, doing: &str, stop: Stop, timeout: Duration) {
-        match stop {
-            Stop::Cut if round > 0 => conn.failed = true,
-            stop => self.fail(conn, round, doing, &stop.into_error(), timeout),
-        }
-    }
-
-    /// Counts an open-loop connection that failed after the ramp.
-    fn fail_open(&mut self, index: u64, doing: &str, err: &io::Error, timeout: Duration) {
-        self.errors += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(format!("conn {index}: {doing}: {}", why(err, timeout)));
-        }
-    }
-
-    /// Records one measured message's latency; it completed at `done`.
-    fn record(&mut self, latency: Duration, done: Instant) {
-        let micros = hist::micros(latency);
-        self.latency.saturating_record(micros);
-        if let Some(intervals) = &mut self.intervals {
-            let second = done.saturating_duration_since(self.measure_start).as_secs() as usize;
-            while intervals.len() <= second {
-                match hist::new_histogram() {
-                    Ok(histogram) => intervals.push(histogram),
-                    Err(_) => return, // cannot happen with constant bounds
-                }
-            }
-            intervals[second].saturating_record(micros);
-        }
-    }
-
-    /// Records one open-loop message's time from its actual write.
-    fn record_service(&mut self, latency: Duration) {
-        self.service.saturating_record(hist::micros(latency));
-    }
-
-    /// Counts an echo that differs from the message sent.
-    fn mismatch(&mut self, index: u64, round: u64, sent: &[u8], echoed: &[u8]) {
-        let at = sent
-            .iter()
-            .zip(echoed)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        self.mismatch_at(index, round, at, sent.len(), sent[at], echoed[at]);
-    }
-
-    /// Counts a message whose byte `at` (of `len`) was `got`, not `expected`.
-    fn mismatch_at(
-        &mut self,
-        index: u64,
-        round: u64,
-        at: usize,
-        len: usize,
-        expected: u8,
-        got: u8,
-    ) {
-        self.mismatches += 1;
-        if self.first_mismatch.is_none() {
-            self.first_mismatch = Some(format!(
-                "conn {index} round {round}: byte {at} of {len} is 0x{got:02x}, expected 0x{expected:02x}"
-            ));
-        }
-    }
-
-    /// Counts bytes a discard server sent, which it never should.
-    fn unexpected_bytes(&mut self, index: u64, n: usize) {
-        self.mismatches += 1;
-        if self.first_mismatch.is_none() {
-            self.first_mismatch = Some(format!(
-                "conn {index}: the discard server sent {n} bytes back"
-            ));
-        }
-    }
-}
-
-/// Why an I/O error happened, in words for the report.
-fn why(err: &io::Error, timeout: Duration) -> String {
-    match err.kind() {
-        io::ErrorKind::UnexpectedEof => "the server closed the connection".to_string(),
-        _ if is_timeout(err) => format!("timed out after {} s (--timeout)", timeout.as_secs_f64()),
-        _ => err.to_string(),
-    }
-}
-
-/// With `--connect-rate`, when (after the ramp starts) worker `worker`
-/// opens its `nth` connection: the workers take turns, so the whole client
-/// opens at most the rate, evenly spread.
-fn connect_time(options: &Options, worker: usize, nth: usize) -> Option<Duration> {
-    let rate = options.connect_rate?;
-    let threads = options.threads.clamp(1, options.connections);
-    let slot = nth * threads + worker;
-    Some(Duration::from_secs_f64(slot as f64 / rate))
 }
 
 /// Sleeps until `at` (at once if it has passed).
@@ -1039,84 +482,6 @@ fn sleep_until(at: Instant) {
     if at > now {
         thread::sleep(at - now);
     }
-}
-
-/// Writes `conn`'s message of `round` (built in `outgoing`) and notes
-/// when; true if it was written whole. Once the phase is closed nothing is
-/// begun, and a message begun in the window counts as begun even if its
-/// write then fails or is cut: it is one that went unanswered.
-fn send(
-    conn: &mut Conn,
-    outgoing: &mut [u8],
-    round: u64,
-    window: &Window,
-    limits: &Limits,
-    tally: &mut Tally,
-) -> bool {
-    let sent_at = Instant::now();
-    if sent_at >= limits.begin_until {
-        return false;
-    }
-    fill_message(outgoing, conn.index, round);
-    let slot = (round % conn.sent_at.len() as u64) as usize;
-    conn.sent_at[slot] = sent_at;
-    conn.last_sent = round;
-    if round > 0 && window.counts(sent_at) {
-        tally.begun += 1;
-    }
-    match deadline::write_all(&conn.stream, outgoing, limits) {
-        Ok(()) => true,
-        Err(stop) => {
-            tally.stop(conn, round, "send", stop, limits.timeout);
-            false
-        }
-    }
-}
-
-/// Where `received`, read from a chargen stream at `position`, first differs
-/// from RFC 864's pattern.
-fn chargen_mismatch(position: usize, received: &[u8]) -> Option<usize> {
-    let mut checked = 0;
-    // The pattern hands out windows of at most MAX_WINDOW bytes.
-    for piece in received.chunks(minetd::chargen::MAX_WINDOW) {
-        let expected = minetd::chargen::window(position + checked, piece.len());
-        if let Some(at) = piece.iter().zip(expected).position(|(a, b)| a != b) {
-            return Some(checked + at);
-        }
-        checked += piece.len();
-    }
-    None
-}
-
-/// Describes a failed connect, with a hint when the cause is well known.
-fn connect_failure(index: usize, err: &io::Error) -> String {
-    let hint = if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
-        " (out of local ports? add source addresses with --source-addrs)"
-    } else {
-        ""
-    };
-    format!("conn {index}: {err}{hint}")
-}
-
-/// Fills `message` with bytes derived from the connection and the round:
-/// xorshift64 seeded by a bijective mix of the two, so no two (connection,
-/// round) pairs below 2^24 connections and 2^40 rounds share a seed.
-fn fill_message(message: &mut [u8], connection: u64, round: u64) {
-    let mut state = splitmix64((connection << 40) ^ round) | 1;
-    for chunk in message.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-    }
-}
-
-/// SplitMix64's finaliser: a bijection on u64 that spreads every input bit.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Waits for the workers, showing progress on a terminal: first the ramp,
@@ -1161,52 +526,4 @@ fn collect(
         total.merge(tally)?;
     }
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shares_cover_every_connection_once() {
-        let ranges = shares(10, 3);
-        assert_eq!(ranges, vec![0..4, 4..7, 7..10]);
-        assert_eq!(shares(2, 2), vec![0..1, 1..2]);
-    }
-
-    #[test]
-    fn messages_differ_by_connection_and_round() {
-        let mut a = [0; 64];
-        let mut b = [0; 64];
-        fill_message(&mut a, 1, 1);
-        fill_message(&mut b, 1, 1);
-        assert_eq!(a, b);
-        fill_message(&mut b, 2, 1);
-        assert_ne!(a, b);
-        fill_message(&mut b, 1, 2);
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn chargen_check_finds_the_first_wrong_byte_across_windows() {
-        let position = 7000;
-        let mut stream: Vec<u8> = (0..65_536)
-            .map(|n| minetd::chargen::window(position + n, 1)[0])
-            .collect();
-        assert_eq!(chargen_mismatch(position, &stream), None);
-        stream[64_000] ^= 1;
-        assert_eq!(chargen_mismatch(position, &stream), Some(64_000));
-        assert_eq!(chargen_mismatch(position + 1, &stream), Some(0));
-    }
-
-    #[test]
-    fn short_messages_are_filled_too() {
-        let mut one = [0; 1];
-        let mut other = [0; 1];
-        fill_message(&mut one, 0, 1);
-        fill_message(&mut other, 0, 2);
-        let mut odd = [0; 13];
-        fill_message(&mut odd, 3, 3);
-        assert!(odd.iter().any(|&b| b != 0));
-    }
 }
