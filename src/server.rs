@@ -619,7 +619,16 @@ impl Core {
             // sends a reset: take them, so the balancer sees a plain EOF.
             let _ = entry.conn.stream_mut().read(&mut self.scratch);
         }
-        self.stats.get_mut(entry.service).open -= 1;
+        let counters = self.stats.get_mut(entry.service);
+        counters.open -= 1;
+        // A trusted balancer's connection that ended without a whole valid
+        // header was never served: a refusal, whatever ended it.
+        if entry.stage == Stage::AwaitingHeader
+            && !matches!(reason, CloseReason::Shutdown | CloseReason::Refused)
+        {
+            counters.refused += 1;
+            counters.refused_by.proxy_header += 1;
+        }
         // Counted by source only once its source is known.
         let counted = entry.stage != Stage::AwaitingHeader;
         if let Some(counts) = self.per_source.as_mut().filter(|_| counted) {

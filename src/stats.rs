@@ -19,6 +19,29 @@ pub struct Counters {
     pub bytes_in: u64,
     /// Bytes sent to peers.
     pub bytes_out: u64,
+    /// Connections refused, by why (their sum is `refused`); TCP only.
+    pub refused_by: Refusals,
+    /// Datagrams received, whatever became of them; UDP only.
+    pub datagrams_in: u64,
+    /// Datagrams sent as answers; UDP only.
+    pub datagrams_out: u64,
+    /// Datagrams dropped: from outside `--allow`, from a port that could
+    /// answer back, or an answer the socket would not take; UDP only.
+    pub datagrams_dropped: u64,
+}
+
+/// Refused connections by reason, as the metrics label them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// At `--max-connections`.
+    pub max_connections: u64,
+    /// At `--per-source` for the peer's address.
+    pub per_source: u64,
+    /// Outside every `--allow` block.
+    pub allow: u64,
+    /// From a trusted balancer, without a whole valid PROXY header: a
+    /// malformed one, none in time, or the connection ended before it.
+    pub proxy_header: u64,
 }
 
 /// The counters of every service the server listens for.
@@ -27,6 +50,8 @@ pub struct Stats {
     by_service: [Counters; Service::ALL.len()],
     /// The services that have a listener, in [`Service::ALL`] order.
     served: Vec<Service>,
+    /// Reads the memory budget deferred (see [`Stats::reads_held_back`]).
+    pub(crate) reads_held_back: u64,
 }
 
 impl Stats {
@@ -37,7 +62,15 @@ impl Stats {
         Stats {
             by_service: Default::default(),
             served,
+            reads_held_back: 0,
         }
+    }
+
+    /// Reads the memory budget deferred since the server started: each
+    /// time a connection would have read but the total could not cover what
+    /// it might have to keep.
+    pub fn reads_held_back(&self) -> u64 {
+        self.reads_held_back
     }
 
     /// The counters of `service` (all zero if it is not served).
@@ -66,6 +99,16 @@ impl Stats {
                 refused: sum.refused + c.refused,
                 bytes_in: sum.bytes_in + c.bytes_in,
                 bytes_out: sum.bytes_out + c.bytes_out,
+                refused_by: Refusals {
+                    max_connections: sum.refused_by.max_connections
+                        + c.refused_by.max_connections,
+                    per_source: sum.refused_by.per_source + c.refused_by.per_source,
+                    allow: sum.refused_by.allow + c.refused_by.allow,
+                    proxy_header: sum.refused_by.proxy_header + c.refused_by.proxy_header,
+                },
+                datagrams_in: sum.datagrams_in + c.datagrams_in,
+                datagrams_out: sum.datagrams_out + c.datagrams_out,
+                datagrams_dropped: sum.datagrams_dropped + c.datagrams_dropped,
             })
     }
 }

@@ -199,7 +199,14 @@ impl Core {
         refusal: Refusal,
         now: Instant,
     ) {
-        self.stats.get_mut(service).refused += 1;
+        let counters = self.stats.get_mut(service);
+        counters.refused += 1;
+        let by_reason = match refusal {
+            Refusal::NotAllowed => &mut counters.refused_by.allow,
+            Refusal::MaxConnections => &mut counters.refused_by.max_connections,
+            Refusal::PerSource => &mut counters.refused_by.per_source,
+        };
+        *by_reason += 1;
         let open = self.conns.len();
         match refusal {
             // Not a resource limit: nothing to warn an operator about.

@@ -48,13 +48,16 @@ impl Core {
             };
             let counters = self.stats.get_mut(service);
             counters.bytes_in += len as u64;
+            counters.datagrams_in += 1;
             if !allowed(&self.limits.allow, peer.ip()) {
                 counters.refused += 1;
+                counters.datagrams_dropped += 1;
                 debug!("{service} {peer}: datagram dropped: not in --allow");
                 continue;
             }
             if NEVER_ANSWER_PORTS.contains(&peer.port()) {
                 counters.refused += 1;
+                counters.datagrams_dropped += 1;
                 debug!(
                     "{service} {peer}: datagram dropped: source port {} could answer back",
                     peer.port()
@@ -75,9 +78,13 @@ impl Core {
             match sent {
                 Ok(sent) => {
                     counters.bytes_out += sent as u64;
+                    counters.datagrams_out += 1;
                     trace!("{service} {peer}: {len} bytes, answered {sent}");
                 }
-                Err(err) => debug!("{service} {peer}: answer dropped: {err}"),
+                Err(err) => {
+                    counters.datagrams_dropped += 1;
+                    debug!("{service} {peer}: answer dropped: {err}");
+                }
             }
         }
     }
