@@ -226,6 +226,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The daytime line's format.
     pub daytime_format: DaytimeFormat,
+    /// Addresses to answer `GET /metrics` on, with the counters in
+    /// Prometheus's text format (see [`crate::metrics`]).
+    pub metrics: Vec<SocketAddr>,
 }
 
 impl Default for Config {
@@ -252,6 +255,7 @@ impl Default for Config {
             max_buffered: DEFAULT_MAX_BUFFERED,
             shutdown_grace: Duration::from_secs(5),
             daytime_format: DaytimeFormat::Ctime,
+            metrics: Vec::new(),
         }
     }
 }

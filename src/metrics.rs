@@ -161,7 +161,11 @@ fn write_all(out: &mut String, stats: &Stats, gauges: &Gauges) -> std::fmt::Resu
         "counter",
         "Reads the memory budget deferred.",
     )?;
-    writeln!(out, "minetd_reads_held_back_total {}", stats.reads_held_back())?;
+    writeln!(
+        out,
+        "minetd_reads_held_back_total {}",
+        stats.reads_held_back()
+    )?;
     header(
         out,
         "minetd_build_info",

@@ -48,6 +48,7 @@ use crate::udp::Answerer;
 mod admission;
 mod datagrams;
 mod listeners;
+mod metrics;
 mod notices;
 mod relay;
 mod shutdown;
@@ -57,6 +58,7 @@ pub use shutdown::ShutdownHandle;
 
 use datagrams::seed_from;
 use listeners::{Listener, Socket, bind_listeners};
+use metrics::Exporter;
 use notices::RateLimit;
 use shutdown::State;
 use timers::{Clock, Tick, Timer};
@@ -68,6 +70,9 @@ const EXTERNAL: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE + i`; connection tokens are slab
 /// keys, which never get near this.
 const LISTENER_BASE: usize = usize::MAX / 2;
+/// The `--metrics` listeners and their connections have tokens from here
+/// (see `metrics::Exporter`), between the connections' and the listeners'.
+const METRICS_BASE: usize = usize::MAX / 4;
 
 /// One read per readiness event drains a loopback socket in the common case,
 /// and bulk echo moves 64 KiB per pair of syscalls. Shared by every
@@ -92,6 +97,13 @@ pub enum BindError {
     },
     /// The poll or its waker could not be created.
     Poll(io::Error),
+    /// A `--metrics` listener could not be bound.
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// A listener given to [`Server::bind_with`] cannot be served.
     Held {
         /// Its position in the list given.
@@ -113,6 +125,9 @@ impl fmt::Display for BindError {
                 source,
             } => write!(f, "cannot listen on {addr} for {service}: {source}"),
             BindError::Poll(err) => write!(f, "cannot create the event loop: {err}"),
+            BindError::Metrics { addr, source } => {
+                write!(f, "cannot listen on {addr} for metrics: {source}")
+            }
             BindError::Held {
                 index,
                 service,
@@ -128,6 +143,7 @@ impl std::error::Error for BindError {
             BindError::Config(err) => Some(err),
             BindError::Listen { source, .. } => Some(source),
             BindError::Poll(err) => Some(err),
+            BindError::Metrics { source, .. } => Some(source),
             BindError::Held {
                 problem: HeldProblem::Io(err),
                 ..
@@ -208,6 +224,10 @@ struct Core {
     /// When the next stats line is due, with `--stats-interval`.
     next_stats: Option<Instant>,
     answerer: Answerer,
+    /// The `--metrics` endpoint.
+    exporter: Exporter,
+    /// When the server started, for `process_start_time_seconds`.
+    started: std::time::SystemTime,
 }
 
 struct Limits {
@@ -310,10 +330,15 @@ impl Server {
         let poll = Poll::new().map_err(BindError::Poll)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(BindError::Poll)?;
         let listeners = bind_listeners(&poll, config, held)?;
+        let exporter = Exporter::bind(poll.registry(), &config.metrics, METRICS_BASE)
+            .map_err(|(addr, source)| BindError::Metrics { addr, source })?;
         // Only once every listener is bound: a later failure must not leave
         // a log line announcing a listener that never served.
         for listener in &listeners {
             info!("{} listening on {}", listener.service, listener.addr);
+        }
+        for addr in exporter.local_addrs() {
+            info!("metrics listening on {addr}");
         }
         let handle = ShutdownHandle {
             requested: Arc::new(AtomicBool::new(false)),
@@ -352,6 +377,8 @@ impl Server {
             stats: Stats::new(served),
             next_stats: config.stats_interval.map(|every| started + every),
             answerer: Answerer::new(config.daytime_format, seed_from(started)),
+            exporter,
+            started: std::time::SystemTime::now(),
         };
         Ok(Server {
             poll,
@@ -400,6 +427,20 @@ impl Server {
         interest: Interest,
     ) -> io::Result<()> {
         self.poll.registry().register(source, EXTERNAL, interest)
+    }
+
+    /// The bound address of every `--metrics` listener
+    /// ([`Config::metrics`]), in configuration order.
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.core.exporter.local_addrs()
+    }
+
+    /// The counters as Prometheus's text exposition, as `--metrics` serves
+    /// them: for an embedder that serves them its own way.
+    pub fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        crate::metrics::write_exposition(&mut text, &self.core.stats, &self.core.gauges());
+        text
     }
 
     /// Open connections right now.
@@ -452,12 +493,14 @@ impl Server {
                 WAKER => {}
                 EXTERNAL => turn.external_ready = true,
                 Token(key) if key >= LISTENER_BASE => self.core.mark_ready(key - LISTENER_BASE),
+                token if self.core.exporter.owns(token) => self.core.scrape(registry, token, now),
                 Token(key) => self.core.on_connection_event(registry, key, event, now),
             }
         }
         self.core.check_shutdown(registry, now);
         self.core.accept_ready(registry, now);
         self.core.expire_timers(now);
+        self.core.exporter.expire(now);
         self.core.warn_of_pressure(now);
         self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
@@ -468,6 +511,27 @@ impl Server {
 }
 
 impl Core {
+    /// A metrics connection is ready: answer what it asks.
+    fn scrape(&mut self, registry: &Registry, token: Token, now: Instant) {
+        let gauges = self.gauges();
+        let stats = &self.stats;
+        self.exporter
+            .on_event(registry, token, now, &self.budget, |out: &mut Vec<u8>| {
+                let mut text = String::new();
+                crate::metrics::write_exposition(&mut text, stats, &gauges);
+                out.extend_from_slice(text.as_bytes());
+            });
+    }
+
+    /// The gauges the exposition shows beside the counters.
+    fn gauges(&self) -> crate::metrics::Gauges {
+        crate::metrics::Gauges {
+            buffered: self.budget.used(),
+            max_buffered: self.budget.limit(),
+            started: self.started,
+        }
+    }
+
     /// How long the next poll may wait: until the nearest deadline, or not
     /// at all while a listener has connections left to accept.
     fn poll_timeout(&self, requested: Option<Duration>, now: Instant) -> Option<Duration> {
@@ -492,6 +556,7 @@ impl Core {
             self.accept_paused_until,
             draining,
             self.next_stats,
+            self.exporter.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -100,8 +100,7 @@ impl Stats {
                 bytes_in: sum.bytes_in + c.bytes_in,
                 bytes_out: sum.bytes_out + c.bytes_out,
                 refused_by: Refusals {
-                    max_connections: sum.refused_by.max_connections
-                        + c.refused_by.max_connections,
+                    max_connections: sum.refused_by.max_connections + c.refused_by.max_connections,
                     per_source: sum.refused_by.per_source + c.refused_by.per_source,
                     allow: sum.refused_by.allow + c.refused_by.allow,
                     proxy_header: sum.refused_by.proxy_header + c.refused_by.proxy_header,

@@ -102,6 +102,11 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
     per_source: Option<usize>,
 
+    /// Answer GET /metrics on ADDR with the counters in Prometheus's text format;
+    /// repeatable [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    metrics: Vec<SocketAddr>,
+
     /// Log a line of counters per service every SECS seconds [default: never]
     #[arg(long, value_name = "SECS", value_parser = parse_at_least_one)]
     stats_interval: Option<usize>,
@@ -190,6 +195,7 @@ fn main() -> ExitCode {
             .unwrap_or(minetd::config::DEFAULT_MAX_BUFFERED.max(args.max_pending)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         daytime_format: args.daytime_format,
+        metrics: args.metrics.clone(),
         ..Config::default()
     };
     for service in Service::ALL {
@@ -357,6 +363,9 @@ fn announce(server: &Server, inherited: usize, listeners: &[(Service, SocketAddr
             // A closed stdout must not stop the server.
             let _ = writeln!(out, "listening {service} {addr}");
         }
+    }
+    for addr in server.metrics_addrs() {
+        let _ = writeln!(out, "listening metrics {addr}");
     }
     let _ = out.flush();
 }

@@ -90,6 +90,8 @@ impl Core {
         for mut listener in self.listeners.drain(..) {
             let _ = registry.deregister(listener.socket.source());
         }
+        // Metrics are not the service: nothing to flush there.
+        self.exporter.close_all(registry);
         self.accept_paused_until = None;
         self.state = State::Draining {
             until: now + self.limits.shutdown_grace,

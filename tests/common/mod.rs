@@ -222,7 +222,12 @@ fn expected_listeners(args: &[&str]) -> usize {
                 .any(|s| **arg == *s || arg.starts_with(&format!("{s}=")))
         })
         .count();
-    if named == 0 { 2 } else { named }
+    // `listening metrics ADDR` lines come after the services'.
+    let metrics = args
+        .iter()
+        .filter(|arg| **arg == "--metrics" || arg.starts_with("--metrics="))
+        .count();
+    metrics + if named == 0 { 2 } else { named }
 }
 
 /// Connects with read and write timeouts of [`STEP`], so no test can hang.
