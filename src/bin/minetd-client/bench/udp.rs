@@ -73,6 +73,9 @@ struct Socket {
     /// The first datagram that counts (sent, or with `--rate` due, in the
     /// window): late echoes of earlier ones count nowhere.
     first_counted: Option<u64>,
+    /// The datagram given up on at the end: unanswered, not lost, so an
+    /// echo of it that still comes is not late either.
+    abandoned: Option<u64>,
     /// It failed; it is left alone from then on.
     failed: bool,
 }
@@ -146,6 +149,7 @@ pub(super) fn run(worker: &Worker, mut tally: Tally) -> Result<Tally, Error> {
                 next_seq: 1,
                 in_flight: None,
                 first_counted: None,
+                abandoned: None,
                 failed: false,
             }),
             Err(err) => {
@@ -310,7 +314,9 @@ impl Run<'_> {
                     socket.in_flight = None;
                     // Lost if its socket could go on to its next datagram;
                     // at the end it is only abandoned (unanswered).
-                    if deadline < self.closes_at && flight.counted {
+                    if deadline >= self.closes_at {
+                        socket.abandoned = Some(flight.seq);
+                    } else if flight.counted {
                         tally.lost += 1;
                     }
                 } else {
@@ -348,13 +354,18 @@ impl Run<'_> {
         wake
     }
 
-    /// Sends socket `i`'s next datagram, due at `due`; false if the socket
-    /// failed.
+    /// Sends socket `i`'s next datagram, due at `due`; false if it was not
+    /// sent: the window closed meanwhile, or the socket failed.
     fn send(&mut self, i: usize, due: Instant, tally: &mut Tally) -> bool {
         let socket = &mut self.sockets[i];
         let seq = socket.next_seq;
         fill_message(&mut self.outgoing, socket.index, seq);
         let sent_at = Instant::now();
+        // The pass began before the window's end, but may reach this socket
+        // after it: nothing is sent after the window.
+        if sent_at >= self.window.end {
+            return false;
+        }
         let due = if self.schedule.is_some() {
             due
         } else {
@@ -449,7 +460,9 @@ impl Run<'_> {
         }
         match round_of(received, socket.index, socket.next_seq, &mut self.outgoing) {
             Some(seq) => {
-                if socket.first_counted.is_some_and(|first| seq >= first) {
+                if socket.first_counted.is_some_and(|first| seq >= first)
+                    && socket.abandoned != Some(seq)
+                {
                     tally.late += 1;
                 }
             }
