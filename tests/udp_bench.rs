@@ -628,3 +628,61 @@ fn merge_sums_lost_and_late_of_udp_results() {
         let _ = std::fs::remove_file(path);
     }
 }
+
+#[test]
+fn sweep_plot_and_interval_log_work_in_udp_mode() {
+    let (_server, addr) = udp_echo_server();
+    let plot = temp_path("sweep.svg");
+    let log = temp_path("run.hlog");
+    let plot_arg = plot.to_str().expect("utf-8");
+    let log_arg = log.to_str().expect("utf-8");
+    let common = [
+        "bench",
+        &addr,
+        "--mode",
+        "udp-echo",
+        "--duration",
+        "0.5",
+        "--loss-after",
+        "2",
+    ];
+    let output = client(
+        &[
+            &common[..],
+            &["--sweep", "1,3", "--plot", plot_arg, "--json"],
+        ]
+        .concat(),
+        STEP,
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let lines: Vec<Value> = serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("JSON lines");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (report, sockets) in lines.iter().zip([1, 3]) {
+        assert_eq!(report["mode"], "udp-echo");
+        counts(
+            report,
+            &[("connections", sockets), ("lost", 0), ("late", 0)],
+        );
+    }
+    let svg = std::fs::read_to_string(&plot).expect("the chart");
+    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{svg}");
+    let output = client(
+        &[&common[..], &["--connections", "2", "--hist-log", log_arg]].concat(),
+        STEP,
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("2 sockets, 512-byte datagrams"), "{text}");
+    assert!(
+        text.contains("\nlost              0\nlate              0\n"),
+        "{text}"
+    );
+    let hlog = std::fs::read_to_string(&log).expect("the interval log");
+    assert!(hlog.contains("\"StartTimestamp\""), "{hlog}");
+    assert!(hlog.lines().any(|line| line.contains("HISTF")), "{hlog}");
+    let _ = std::fs::remove_file(plot);
+    let _ = std::fs::remove_file(log);
+}

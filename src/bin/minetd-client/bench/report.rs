@@ -289,9 +289,13 @@ impl Report {
             "",
         );
         if let (Some(rate), Some(service)) = (self.rate, &self.service) {
+            let actual = match self.mode {
+                Mode::UdpEcho => "datagram's actual send",
+                _ => "message's actual write",
+            };
             text.push_str(&format!(
                 "service (µs)      {}\n\
-                 {:18}from each message's actual write; target {rate} per second\n",
+                 {:18}from each {actual}; target {rate} per second\n",
                 percentiles_text(service),
                 ""
             ));
