@@ -24,6 +24,10 @@
 //! stale bytes, of another connection's bytes or with one bit flipped is a
 //! mismatch.
 //!
+//! `--mode udp-echo` is the same round trip over UDP: one connected socket
+//! per "connection", one datagram in flight on each, polled rather than
+//! read in turn, since a datagram may never come back ([`udp`]).
+//!
 //! `--mode discard` and `--mode chargen` measure one direction each, the
 //! upload and download halves of a throughput test: each thread writes a
 //! message to (discard) or reads and checks one from (chargen) each of its
@@ -41,7 +45,7 @@
 //! window, report); the parts live beside it: `ramp` (opening and
 //! confirming the connections), `closed` (the closed loops of echo,
 //! discard and chargen), `open` and `pace` (`--rate`), `churn`
-//! (`--mode daytime`), `tally` (what a worker counted), `deadline` (where
+//! (`--mode daytime`), `udp` (`--mode udp-echo`), `tally` (what a worker counted), `deadline` (where
 //! a run ends), `hist`, `report`, `plot` and `merge` (what is printed).
 
 use std::io::{self, IsTerminal};
@@ -72,6 +76,7 @@ mod plot;
 mod ramp;
 mod report;
 mod tally;
+mod udp;
 
 /// Most connections `--connections` accepts (clap wants an `i64` bound).
 pub const MAX_CONNECTIONS: i64 = 1_000_000;
@@ -81,6 +86,14 @@ pub const MAX_CONNECTIONS: i64 = 1_000_000;
 /// client reading; up to this size that holds against any server at its
 /// default cap, whatever the socket buffers.
 pub const MAX_SIZE: i64 = 65_536;
+
+/// Largest `--size` of `--mode udp-echo`: a UDP payload over IPv4
+/// (65,535 bytes less the IP and UDP headers).
+pub const MAX_DATAGRAM: i64 = 65_507;
+
+/// `--loss-after`'s default: far above any loopback or LAN round trip, and
+/// short enough that a lost datagram costs its socket little of the run.
+pub const DEFAULT_LOSS_AFTER: Duration = Duration::from_millis(200);
 
 /// How often the main thread looks at the workers while they run.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -96,6 +109,9 @@ pub enum Mode {
     Chargen,
     /// Connection churn: connect, read one daytime line to EOF, close.
     Daytime,
+    /// Round trips over UDP: one datagram in flight per socket, echoes
+    /// checked, the unanswered counted lost after --loss-after.
+    UdpEcho,
 }
 
 impl Mode {
@@ -106,6 +122,7 @@ impl Mode {
             Mode::Discard => "127.0.0.1:7009",
             Mode::Chargen => "127.0.0.1:7019",
             Mode::Daytime => "127.0.0.1:7013",
+            Mode::UdpEcho => "127.0.0.1:7007",
         }
     }
 
@@ -116,6 +133,7 @@ impl Mode {
             Mode::Discard => "discard",
             Mode::Chargen => "chargen",
             Mode::Daytime => "daytime",
+            Mode::UdpEcho => "udp-echo",
         }
     }
 }
@@ -155,6 +173,9 @@ pub struct Options {
     pub plot: Option<std::path::PathBuf>,
     /// Where to write the per-second interval log.
     pub hist_log: Option<std::path::PathBuf>,
+    /// UDP: how long a datagram may go unanswered before it counts as lost
+    /// and its socket sends the next.
+    pub loss_after: Duration,
 }
 
 /// The part of the run that counts: after the warm-up, for `--duration`.
@@ -237,9 +258,19 @@ fn run_once(
     let dest = options.target.resolve()?[0];
     // The first connection proves the server is there; failing it is the
     // plain "cannot connect" error, not a benchmark with N failures. (A
-    // daytime server closes it at once, so churn does not keep it.)
-    let first = open_connection(dest, options, 0).map_err(|e| options.target.connect_error(e))?;
-    let first = (options.mode != Mode::Daytime).then_some(first);
+    // daytime server closes it at once, so churn does not keep it; UDP has
+    // no connection to keep, only a probe that a refusal can fail.)
+    let first = match options.mode {
+        Mode::UdpEcho => {
+            udp::probe(dest, options).map_err(|e| options.target.connect_error(e))?;
+            None
+        }
+        mode => {
+            let first =
+                open_connection(dest, options, 0).map_err(|e| options.target.connect_error(e))?;
+            (mode != Mode::Daytime).then_some(first)
+        }
+    };
     let threads = options.threads.clamp(1, options.connections);
     let shared = Arc::new(Shared::new(stop));
     let mut first = first;
@@ -446,8 +477,10 @@ impl Worker {
     /// deadline and returns the counts.
     fn run(mut self) -> Result<Tally, Error> {
         let mut tally = Tally::new(self.options.hist_log.is_some(), Instant::now())?;
-        if self.options.mode == Mode::Daytime {
-            return churn::run(&self, tally);
+        match self.options.mode {
+            Mode::Daytime => return churn::run(&self, tally),
+            Mode::UdpEcho => return udp::run(&self, tally),
+            _ => {}
         }
         self.ramp(&mut tally);
         self.shared.ready.fetch_add(1, Ordering::SeqCst);

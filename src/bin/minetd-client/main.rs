@@ -80,7 +80,8 @@ enum Command {
         #[arg(default_value = "/", value_parser = parse_path)]
         path: String,
     },
-    /// Echo benchmark: keep one message in flight on every connection
+    /// Echo benchmark: keep one message in flight on every connection (or
+    /// one datagram on every UDP socket)
     ///
     /// Opens the connections (in batches, each confirmed by one echo), then
     /// for --duration seconds keeps one message of --size bytes in flight
@@ -94,6 +95,10 @@ enum Command {
     ///
     /// With --rate the loop is open: each connection sends on its own fixed
     /// schedule, and latency runs from when each message was due.
+    ///
+    /// With --mode udp-echo the connections are connected UDP sockets: a
+    /// datagram not answered within --loss-after counts as lost (no error),
+    /// and an echo that comes after that counts as late.
     Bench(BenchArgs),
     /// Combine `bench --json` results taken at the same time (several
     /// machines or processes): counts and rates summed, percentiles from
@@ -112,11 +117,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// Server address, HOST:PORT [default: 127.0.0.1:7007, or the mode's
-    /// service port: discard 7009, chargen 7019, daytime 7013]
+    /// service port: discard 7009, chargen 7019, daytime 7013, udp-echo 7007]
     addr: Option<Target>,
     /// echo: round trips; discard: upload only; chargen: download only,
     /// every byte checked against RFC 864's pattern; daytime: connection
-    /// churn, one checked line per connection
+    /// churn, one checked line per connection; udp-echo: round trips of
+    /// datagrams on connected UDP sockets, losses counted
     #[arg(long, value_enum, default_value = "echo")]
     mode: bench::Mode,
     /// Connections to hold open at once
@@ -124,7 +130,8 @@ struct BenchArgs {
           value_parser = clap::value_parser!(u32).range(1..=bench::MAX_CONNECTIONS))]
     connections: u32,
     /// Bytes per message (at most 65536, the server's default --max-pending:
-    /// the whole message must fit in flight without the client reading)
+    /// the whole message must fit in flight without the client reading;
+    /// with --mode udp-echo at most 65507, the largest UDP payload)
     #[arg(long, value_name = "BYTES", default_value = "512",
           value_parser = clap::value_parser!(u32).range(1..=bench::MAX_SIZE))]
     size: u32,
@@ -166,6 +173,10 @@ struct BenchArgs {
     /// Write each second's latency histogram as an HdrHistogram interval log
     #[arg(long, value_name = "FILE")]
     hist_log: Option<std::path::PathBuf>,
+    /// udp-echo: a datagram not answered within SECS counts as lost, and its
+    /// socket sends the next [default: 0.2]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    loss_after: Option<Duration>,
 }
 
 /// `--sweep`'s connection counts.
@@ -348,6 +359,20 @@ fn head_request(target: &Target, path: &str) -> String {
 /// Turns `bench` arguments into the benchmark's options; combinations
 /// clap cannot check are usage errors here.
 fn bench_options(args: BenchArgs, timeout: Duration) -> Result<bench::Options, Error> {
+    let udp = args.mode == bench::Mode::UdpEcho;
+    if udp && i64::from(args.size) > bench::MAX_DATAGRAM {
+        return Err(Error::Usage(format!(
+            "--size {} is over {}, the largest UDP payload (--mode udp-echo)",
+            args.size,
+            bench::MAX_DATAGRAM
+        )));
+    }
+    if args.loss_after.is_some() && !udp {
+        return Err(Error::Usage(format!(
+            "--loss-after needs --mode udp-echo, not --mode {}",
+            args.mode.name()
+        )));
+    }
     let in_flight = u64::from(args.pipeline) * u64::from(args.size);
     if in_flight > bench::MAX_SIZE as u64 {
         return Err(Error::Usage(format!(
@@ -358,8 +383,10 @@ fn bench_options(args: BenchArgs, timeout: Duration) -> Result<bench::Options, E
         )));
     }
     if args.mode != bench::Mode::Echo {
+        // udp-echo keeps one datagram in flight per socket: a pipeline
+        // of datagrams would need its own rules for loss and reordering.
         let echo_only = [
-            (args.rate.is_some(), "--rate"),
+            (args.rate.is_some() && !udp, "--rate"),
             (args.pipeline > 1, "--pipeline"),
         ];
         if let Some((_, option)) = echo_only.iter().find(|(given, _)| *given) {
@@ -393,6 +420,7 @@ fn bench_options(args: BenchArgs, timeout: Duration) -> Result<bench::Options, E
         sweep: args.sweep.map(|sweep| sweep.0).unwrap_or_default(),
         plot: args.plot,
         hist_log: args.hist_log,
+        loss_after: args.loss_after.unwrap_or(bench::DEFAULT_LOSS_AFTER),
     })
 }
 

@@ -33,7 +33,7 @@ impl Worker {
                     round += 1;
                 }
             }
-            Mode::Daytime => {}
+            Mode::Daytime | Mode::UdpEcho => {}
         }
     }
 

@@ -1,7 +1,8 @@
 //! `merge FILE...`: `bench --json` results taken at the same time (on
 //! several machines, or several processes) combined into one report.
-//! Counts and rates are summed; percentiles come from the sum of the
-//! histograms, so they are exact, not an average of percentiles.
+//! Counts and rates are summed (udp-echo's `lost` and `late` too);
+//! percentiles come from the sum of the histograms, so they are exact, not
+//! an average of percentiles.
 
 use std::path::Path;
 
@@ -78,10 +79,16 @@ fn parse(value: &Value) -> Result<Report, String> {
         .as_str()
         .ok_or("no \"histogram\" (from a bench that predates it?)")?;
     let mode = value["mode"].as_str().ok_or("no \"mode\"")?;
-    let mode = [Mode::Echo, Mode::Discard, Mode::Chargen, Mode::Daytime]
-        .into_iter()
-        .find(|m| m.name() == mode)
-        .ok_or_else(|| format!("unknown mode \"{mode}\""))?;
+    let mode = [
+        Mode::Echo,
+        Mode::Discard,
+        Mode::Chargen,
+        Mode::Daytime,
+        Mode::UdpEcho,
+    ]
+    .into_iter()
+    .find(|m| m.name() == mode)
+    .ok_or_else(|| format!("unknown mode \"{mode}\""))?;
     Ok(Report {
         mode,
         connections: count("connections")?,
@@ -100,6 +107,9 @@ fn parse(value: &Value) -> Result<Report, String> {
         // Results from before the run's end was bounded have no such key:
         // nothing was abandoned then, the run waited for every echo.
         unanswered: value["unanswered"].as_u64().unwrap_or(0),
+        // Only udp-echo results have them; 0 is what the others mean.
+        lost: value["lost"].as_u64().unwrap_or(0),
+        late: value["late"].as_u64().unwrap_or(0),
     })
 }
 
@@ -130,5 +140,7 @@ fn combine(mut merged: Report, next: Report, path: &Path) -> Result<Report, Erro
     merged.connect_failures += next.connect_failures;
     merged.errors += next.errors;
     merged.unanswered += next.unanswered;
+    merged.lost += next.lost;
+    merged.late += next.late;
     Ok(merged)
 }

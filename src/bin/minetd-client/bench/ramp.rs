@@ -107,7 +107,7 @@ impl Worker {
                 self.receive_all(self.confirmed, 0, None, tally);
             }
             Mode::Chargen => self.download(self.confirmed, 0, tally),
-            Mode::Discard | Mode::Daytime => {}
+            Mode::Discard | Mode::Daytime | Mode::UdpEcho => {}
         }
     }
 }

@@ -103,6 +103,10 @@ pub(super) struct Report {
     /// flight when the run ended (abandoned, not waited for), lost with a
     /// failed connection or, open loop, due but never sent for want of room.
     pub(super) unanswered: u64,
+    /// UDP: datagrams counted lost, and echoes that came after their
+    /// datagram was given up on (or a second time).
+    pub(super) lost: u64,
+    pub(super) late: u64,
 }
 
 /// p50, p90, p99, p99.9 and max of a histogram in microseconds (all 0 when
@@ -168,7 +172,14 @@ impl Report {
             mismatches: tally.mismatches,
             connect_failures: tally.connect_failures,
             errors: tally.errors,
-            unanswered: tally.begun.saturating_sub(tally.round_trips),
+            // A lost datagram was answered by nobody, but the run did not
+            // abandon it: it has a count of its own.
+            unanswered: tally
+                .begun
+                .saturating_sub(tally.round_trips)
+                .saturating_sub(tally.lost),
+            lost: tally.lost,
+            late: tally.late,
         })
     }
 
@@ -198,6 +209,9 @@ impl Report {
             self.unanswered,
             self.mode.name(),
         );
+        if self.mode == Mode::UdpEcho {
+            json.push_str(&format!(",\"lost\":{},\"late\":{}", self.lost, self.late));
+        }
         if let Some(rate) = self.rate {
             json.push_str(&format!(",\"rate\":{rate}"));
         }
@@ -244,13 +258,24 @@ impl Report {
                 "from the server",
                 "from the start of connect to the server's close",
             ),
+            Mode::UdpEcho if self.rate.is_some() => (
+                "round trips",
+                "each way",
+                "open loop: from each datagram's scheduled send to its checked echo",
+            ),
+            Mode::UdpEcho => (
+                "round trips",
+                "each way",
+                "closed loop: send to checked echo, one datagram in flight per socket",
+            ),
         };
-        let messages = match self.mode {
-            Mode::Daytime => "one daytime line each".to_string(),
-            _ => format!("{}-byte messages", self.size),
+        let (messages, connections) = match self.mode {
+            Mode::Daytime => ("one daytime line each".to_string(), "connections"),
+            Mode::UdpEcho => (format!("{}-byte datagrams", self.size), "sockets"),
+            _ => (format!("{}-byte messages", self.size), "connections"),
         };
         let mut text = format!(
-            "{title}: {} connections, {messages}, {:.2} s\n\
+            "{title}: {} {connections}, {messages}, {:.2} s\n\
              {moved:18}{} ({:.1} per second)\n\
              throughput        {:.3} MB/s {direction} (10^6 bytes of payload)\n\
              latency (µs)      {}\n\
@@ -264,9 +289,13 @@ impl Report {
             "",
         );
         if let (Some(rate), Some(service)) = (self.rate, &self.service) {
+            let actual = match self.mode {
+                Mode::UdpEcho => "datagram's actual send",
+                _ => "message's actual write",
+            };
             text.push_str(&format!(
                 "service (µs)      {}\n\
-                 {:18}from each message's actual write; target {rate} per second\n",
+                 {:18}from each {actual}; target {rate} per second\n",
                 percentiles_text(service),
                 ""
             ));
@@ -278,6 +307,13 @@ impl Report {
              unanswered        {}\n",
             self.mismatches, self.connect_failures, self.errors, self.unanswered,
         ));
+        if self.mode == Mode::UdpEcho {
+            text.push_str(&format!(
+                "lost              {}\n\
+                 late              {}\n",
+                self.lost, self.late
+            ));
+        }
         text
     }
 
@@ -301,6 +337,9 @@ impl Report {
                 "errors",
                 "unanswered"
             ));
+            if self.mode == Mode::UdpEcho {
+                text.insert_str(text.len() - 1, &format!(" {:>10} {:>10}", "lost", "late"));
+            }
         }
         text.push_str(&format!(
             "{:>11} {:>12} {:>12.1} {p50:>10.1} {p90:>10.1} {p99:>10.1} {p999:>10.1} {max:>10.1} {:>10} {:>8} {:>8} {:>10}\n",
@@ -312,6 +351,12 @@ impl Report {
             self.errors,
             self.unanswered,
         ));
+        if self.mode == Mode::UdpEcho {
+            text.insert_str(
+                text.len() - 1,
+                &format!(" {:>10} {:>10}", self.lost, self.late),
+            );
+        }
         text
     }
 
@@ -427,6 +472,8 @@ mod tests {
             connect_failures: 0,
             errors: 0,
             unanswered: 3,
+            lost: 0,
+            late: 0,
         }
     }
 
@@ -455,6 +502,29 @@ mod tests {
             json.contains(",\"mode\":\"echo\",\"rate\":2500,\"service_us\":{\"p50\":30.0,"),
             "{json}"
         );
+    }
+
+    #[test]
+    fn udp_json_adds_lost_and_late_after_the_mode() {
+        let mut report = report();
+        report.mode = Mode::UdpEcho;
+        report.lost = 4;
+        report.late = 2;
+        let json = report.json().unwrap();
+        assert!(
+            json.contains(",\"unanswered\":3,\"mode\":\"udp-echo\",\"lost\":4,\"late\":2,"),
+            "{json}"
+        );
+        let text = report.text("bench");
+        assert!(text.contains("10 sockets, 64-byte datagrams"), "{text}");
+        assert!(
+            text.contains("\nlost              4\nlate              2\n"),
+            "{text}"
+        );
+        let row = report.row(true);
+        let lines: Vec<&str> = row.lines().collect();
+        assert!(lines[0].ends_with("       lost       late"), "{row}");
+        assert!(lines[1].ends_with("          4          2"), "{row}");
     }
 
     #[test]

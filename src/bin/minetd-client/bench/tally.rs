@@ -32,6 +32,12 @@ pub(super) struct Tally {
     /// Those whose whole answer was not checked are the unanswered ones.
     pub(super) begun: u64,
     pub(super) mismatches: u64,
+    /// UDP: measured datagrams given up on after `--loss-after`, while the
+    /// window was open (so their socket sent its next).
+    pub(super) lost: u64,
+    /// UDP: correct echoes of earlier measured datagrams that came when
+    /// they were no longer awaited: after being counted lost, or again.
+    pub(super) late: u64,
     pub(super) connect_failures: u64,
     pub(super) errors: u64,
     /// Connections opened and confirmed by their first echo.
@@ -55,6 +61,8 @@ impl Tally {
             round_trips: 0,
             begun: 0,
             mismatches: 0,
+            lost: 0,
+            late: 0,
             connect_failures: 0,
             errors: 0,
             opened: 0,
@@ -81,6 +89,8 @@ impl Tally {
         self.round_trips += other.round_trips;
         self.begun += other.begun;
         self.mismatches += other.mismatches;
+        self.lost += other.lost;
+        self.late += other.late;
         self.connect_failures += other.connect_failures;
         self.errors += other.errors;
         self.opened += other.opened;
@@ -206,6 +216,16 @@ impl Tally {
         if self.first_mismatch.is_none() {
             self.first_mismatch = Some(format!(
                 "conn {index} round {round}: byte {at} of {len} is 0x{got:02x}, expected 0x{expected:02x}"
+            ));
+        }
+    }
+
+    /// Counts a datagram of the wrong length: `len` bytes, not `size`.
+    pub(super) fn mismatched_length(&mut self, index: u64, seq: u64, len: usize, size: usize) {
+        self.mismatches += 1;
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = Some(format!(
+                "conn {index} round {seq}: {len} bytes came back, not {size}"
             ));
         }
     }
