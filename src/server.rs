@@ -207,6 +207,8 @@ struct Core {
     /// When the next stats line is due, with `--stats-interval`.
     next_stats: Option<Instant>,
     answerer: Answerer,
+    /// Buffers for UDP datagrams, made when the first one comes.
+    batch: Option<Box<crate::sys::Batch>>,
 }
 
 struct Limits {
@@ -351,6 +353,7 @@ impl Server {
             stats: Stats::new(served),
             next_stats: config.stats_interval.map(|every| started + every),
             answerer: Answerer::new(config.daytime_format, seed_from(started)),
+            batch: None,
         };
         Ok(Server {
             poll,
