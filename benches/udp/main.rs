@@ -226,7 +226,7 @@ fn run_all(settings: &mut Settings) -> io::Result<bool> {
                 match run_one(kind, cell, settings) {
                     Ok(run) => {
                         eprintln!(
-                            "   {pair} {kind:<10} {:>9.0} dg/s {:>6.2} us CPU/dg  server busy {:>3.0}% \
+                            "   {pair} {kind:<13} {:>9.0} dg/s {:>6.2} us CPU/dg  server busy {:>3.0}% \
                              wait {:>2.0}%  load busy {:>3.0}% wait {:>2.0}%  lost {} late {} mismatches {}",
                             run.dps,
                             run.cpu_us_per_dg,
@@ -242,7 +242,7 @@ fn run_all(settings: &mut Settings) -> io::Result<bool> {
                         runs[index].push(Some(run));
                     }
                     Err(err) => {
-                        eprintln!("   {pair} {kind:<10} FAILED: {err}");
+                        eprintln!("   {pair} {kind:<13} FAILED: {err}");
                         all_ok = false;
                         runs[index].push(None);
                     }

@@ -95,13 +95,13 @@ impl CellResults<'_> {
         );
         let _ = writeln!(
             out,
-            "{:<12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9}   ratio to plain: dg/s  CPU/dg",
+            "{:<14} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9}   ratio to plain: dg/s  CPU/dg",
             "server", "dg/s", "CPU us/dg", "busy/wait", "load b/w", "lost", "late", "mismatch"
         );
         for (index, kind) in self.servers.iter().enumerate() {
             let ok = self.runs[index].iter().flatten().count();
             if ok == 0 {
-                let _ = writeln!(out, "{:<12} every run failed", kind.to_string());
+                let _ = writeln!(out, "{:<14} every run failed", kind.to_string());
                 continue;
             }
             let m = |metric: fn(&Run) -> f64| self.median_of(index, metric).unwrap_or(f64::NAN);
@@ -119,7 +119,7 @@ impl CellResults<'_> {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:>9.0} {:>9.3} {:>9} {:>9} {:>8} {:>6} {:>9}                  {}",
+                "{:<14} {:>9.0} {:>9.3} {:>9} {:>9} {:>8} {:>6} {:>9}                  {}",
                 kind.to_string(),
                 m(|r| r.dps),
                 m(|r| r.cpu_us_per_dg),
@@ -172,44 +172,44 @@ pub fn summary(cells: &[CellResults<'_>]) -> String {
     let _ = writeln!(
         out,
         "\n== summary: medians; ratios are medians over pairs of server / plain \
-         (dg/s higher is better, CPU/dg lower); lost summed over runs =="
+         (dg/s higher is better, CPU/dg lower); lost summed over runs, per server =="
     );
-    let mut header = format!("{:<22}", "cell");
+    // Each column as wide as its heading.
+    let mut columns = Vec::new();
     for kind in servers {
-        let _ = write!(header, " {:>10}", format!("{kind} dg/s"));
+        columns.push(format!("{kind} dg/s"));
     }
     for kind in servers {
-        let _ = write!(header, " {:>10}", format!("{kind} us"));
+        columns.push(format!("{kind} us/dg"));
     }
     for &i in &others {
-        let _ = write!(header, " {:>12}", format!("dg/s {}", servers[i]));
-        let _ = write!(header, " {:>12}", format!("CPU {}", servers[i]));
+        columns.push(format!("dg/s {}", servers[i]));
+        columns.push(format!("CPU {}", servers[i]));
+    }
+    let widths: Vec<usize> = columns.iter().map(|c| c.len().max(8)).collect();
+    let mut header = format!("{:<22}", "cell");
+    for (column, width) in columns.iter().zip(&widths) {
+        let _ = write!(header, " {column:>width$}");
     }
     let _ = write!(header, "  lost");
     let _ = writeln!(out, "{header}");
     for cell in cells {
         let mut line = format!("{:<22}", cell.cell.to_string());
+        let mut values = Vec::new();
         for i in 0..servers.len() {
-            let _ = write!(
-                line,
-                " {:>10.0}",
-                cell.median_of(i, |r| r.dps).unwrap_or(f64::NAN)
-            );
+            let dps = cell.median_of(i, |r| r.dps).unwrap_or(f64::NAN);
+            values.push(format!("{dps:.0}"));
         }
         for i in 0..servers.len() {
-            let _ = write!(
-                line,
-                " {:>10.3}",
-                cell.median_of(i, |r| r.cpu_us_per_dg).unwrap_or(f64::NAN)
-            );
+            let cpu = cell.median_of(i, |r| r.cpu_us_per_dg).unwrap_or(f64::NAN);
+            values.push(format!("{cpu:.3}"));
         }
         for &i in &others {
-            let _ = write!(line, " {:>12}", fmt_ratio(cell.ratio(i, |r| r.dps)));
-            let _ = write!(
-                line,
-                " {:>12}",
-                fmt_ratio(cell.ratio(i, |r| r.cpu_us_per_dg))
-            );
+            values.push(fmt_ratio(cell.ratio(i, |r| r.dps)));
+            values.push(fmt_ratio(cell.ratio(i, |r| r.cpu_us_per_dg)));
+        }
+        for (value, width) in values.iter().zip(&widths) {
+            let _ = write!(line, " {value:>width$}");
         }
         let lost: Vec<String> = (0..servers.len())
             .map(|i| cell.lost(i).to_string())
