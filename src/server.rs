@@ -228,6 +228,8 @@ struct Core {
     exporter: Exporter,
     /// When the server started, for `process_start_time_seconds`.
     started: std::time::SystemTime,
+    /// Buffers for UDP datagrams, made when the first one comes.
+    batch: Option<Box<crate::sys::Batch>>,
 }
 
 struct Limits {
@@ -379,6 +381,7 @@ impl Server {
             answerer: Answerer::new(config.daytime_format, seed_from(started)),
             exporter,
             started: std::time::SystemTime::now(),
+            batch: None,
         };
         Ok(Server {
             poll,

@@ -2,16 +2,19 @@
 //! `TCP_INQ` on, `recvmsg` says how many bytes are still queued after a
 //! read, which proves a socket drained even when the read filled its buffer.
 //! UDP services on wildcard addresses answer from the address asked
-//! (`pktinfo`). Everything else in the crate is plain logic over `Read`
+//! (`pktinfo`), and take datagrams in batches (`mmsg`: `recvmmsg`,
+//! `sendmmsg`). Everything else in the crate is plain logic over `Read`
 //! and `Write`.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
+mod mmsg;
 mod pktinfo;
 
-pub(crate) use pktinfo::{recv_arrival, report_arrivals, send_from};
+pub(crate) use mmsg::{BATCH, Batch};
+pub(crate) use pktinfo::report_arrivals;
 
 /// Asks the kernel to report, with every read, the bytes still queued.
 #[cfg(target_os = "linux")]

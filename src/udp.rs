@@ -67,6 +67,28 @@ impl Answerer {
         }
     }
 
+    /// Like [`answer`](Self::answer), for a request in the first `len`
+    /// bytes of `buf`: writes the answer over it and returns the answer's
+    /// length. Echo's answer is the request where it lies; the others, at
+    /// most [`CHARGEN_MAX`] bytes, are copied in (a `buf` shorter than
+    /// that cuts them).
+    pub fn answer_in_place(
+        &mut self,
+        service: Service,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<usize> {
+        if service == Service::UdpEcho {
+            return Some(len.min(buf.len()));
+        }
+        let mut answer = [0; CHARGEN_MAX];
+        let reply = self.answer(service, &buf[..len.min(buf.len())])?;
+        let len = reply.len().min(CHARGEN_MAX).min(buf.len());
+        answer[..len].copy_from_slice(&reply[..len]);
+        buf[..len].copy_from_slice(&answer[..len]);
+        Some(len)
+    }
+
     fn next_random(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -87,6 +109,28 @@ mod tests {
             Some(&b"a\0b"[..])
         );
         assert_eq!(answerer.answer(Service::UdpDiscard, b"x"), None);
+    }
+
+    #[test]
+    fn answers_in_place_match_the_answers() {
+        let mut answerer = Answerer::new(DaytimeFormat::Rfc3339, 7);
+        let mut reference = Answerer::new(DaytimeFormat::Rfc3339, 7);
+        for service in [Service::UdpEcho, Service::UdpChargen, Service::UdpChargen] {
+            let mut buf = [0u8; 1024];
+            buf[..5].copy_from_slice(b"hello");
+            let len = answerer.answer_in_place(service, &mut buf, 5).unwrap();
+            let expected = reference.answer(service, b"hello").unwrap();
+            assert_eq!(&buf[..len], expected, "{service:?}");
+        }
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            answerer.answer_in_place(Service::UdpTime, &mut buf, 3),
+            Some(4)
+        );
+        assert_eq!(
+            answerer.answer_in_place(Service::UdpDiscard, &mut buf, 3),
+            None
+        );
     }
 
     #[test]

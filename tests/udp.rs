@@ -228,3 +228,76 @@ fn ipv6_wildcard_answers_from_each_address_asked() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Datagrams queued before the server first reads, more than one batch
+/// (the server takes up to 32 per `recvmmsg`) and more than one turn's cap
+/// (256): every one is answered, to its own sender, byte for byte. On a
+/// specific address and on a wildcard (where each answer carries its own
+/// source address).
+#[test]
+fn a_queued_burst_bigger_than_a_batch_is_answered_whole_each_to_its_sender() {
+    const SENDERS: usize = 6;
+    const EACH: usize = 50;
+    for bind in ["127.0.0.1:0", "0.0.0.0:0"] {
+        let socket = UdpSocket::bind(bind).expect("bind");
+        // The default receive buffer holds only about 256 small datagrams.
+        set_receive_buffer(&socket, 4 << 20);
+        let to = SocketAddr::from(([127, 0, 0, 1], socket.local_addr().unwrap().port()));
+        let held = vec![minetd::HeldListener::Udp(minetd::Service::UdpEcho, socket)];
+        let config = minetd::Config {
+            allow: vec!["127.0.0.0/8".parse().expect("cidr")],
+            ..minetd::Config::default()
+        };
+        let mut server = minetd::Server::bind_with(&config, held).expect("bind_with");
+
+        let senders: Vec<UdpSocket> = (0..SENDERS)
+            .map(|n| connected_to(to, IpAddr::from([127, 0, 0, 1 + n as u8])))
+            .collect();
+        let message = |sender: usize, n: usize| -> Vec<u8> {
+            // Lengths vary from 1 to 256 bytes (300 such fit in a receive
+            // buffer as `net.core.rmem_max` caps it by default); the bytes
+            // name the sender and the round.
+            let len = 1 + (sender * 211 + n * 97) % 256;
+            (0..len).map(|i| (sender * 31 + n * 7 + i) as u8).collect()
+        };
+        for n in 0..EACH {
+            for (sender, socket) in senders.iter().enumerate() {
+                socket.send(&message(sender, n)).expect("send");
+            }
+        }
+
+        let stop = server.shutdown_handle();
+        let thread = std::thread::spawn(move || server.run().expect("run"));
+        let mut buf = [0; 2048];
+        for (sender, socket) in senders.iter().enumerate() {
+            for n in 0..EACH {
+                let len = socket
+                    .recv(&mut buf)
+                    .unwrap_or_else(|err| panic!("{bind}: sender {sender}, echo {n}: {err}"));
+                assert!(
+                    buf[..len] == message(sender, n),
+                    "{bind}: sender {sender}, echo {n}: wrong bytes ({len} long)"
+                );
+            }
+        }
+        stop.shutdown();
+        thread.join().expect("server thread");
+    }
+}
+
+/// Asks for a receive buffer of `bytes` (the kernel caps it at
+/// `net.core.rmem_max`).
+fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt reads one c_int we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+}

@@ -6,13 +6,15 @@
 //! never asked. With `IP_PKTINFO` / `IPV6_RECVPKTINFO` on, `recvmsg` says
 //! which local address each datagram came to (and on which interface), and
 //! `sendmsg` with the same control message sends the answer from there.
+//! `recvmmsg` and `sendmmsg` (`mmsg.rs`) carry the same control messages
+//! per datagram.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
-use super::{set_flag, sockaddr_from, sockaddr_to};
+use super::set_flag;
 
 /// Where a datagram arrived: the local address it was sent to, and the
 /// interface it came in on (which a link-local address needs to be
@@ -35,7 +37,7 @@ enum Info {
 /// datagram on an IPv6 socket comes with both `in6_pktinfo` (40 bytes with
 /// its header) and `in_pktinfo` (32), and a buffer too small for both cuts
 /// the second short, garbling its interface index.
-type Control = [u64; 16];
+pub(super) type Control = [u64; 16];
 
 /// Asks the kernel to report every datagram's local address. An IPv6
 /// socket may also receive IPv4 datagrams (as mapped addresses), which
@@ -51,44 +53,24 @@ pub(crate) fn report_arrivals(socket: &impl AsRawFd, ipv6: bool) -> io::Result<(
     }
 }
 
-/// Receives one datagram into `buf`, like `recv_from`, with where it
-/// arrived when the kernel said. A datagram longer than `buf` is cut, as
-/// `recv_from` cuts it.
-pub(crate) fn recv_arrival(
-    socket: &impl AsRawFd,
-    buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<Arrival>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: all-zero is a valid sockaddr_storage and an empty msghdr; the
-    // fields set below point at locals that outlive the call.
-    let mut peer: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut control: Control = [0; 16];
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut peer as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of::<Control>() as _;
-    // SAFETY: `msg` describes writable memory of the stated sizes.
-    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let peer = sockaddr_from(&peer).ok_or(io::ErrorKind::InvalidData)?;
-    let mut arrival = None;
+/// Where the datagram `msg` describes arrived, from the control messages
+/// `recvmsg` (or `recvmmsg`) filled in; `None` when the kernel did not say
+/// or cut them short.
+///
+/// # Safety
+/// `msg` must be a header the kernel filled, its `msg_control` pointing at
+/// a live buffer of `msg_controllen` bytes.
+pub(super) unsafe fn arrival_in(msg: &libc::msghdr) -> Option<Arrival> {
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         // Cannot happen with `Control`'s size; a cut message is not trusted.
-        return Ok((n as usize, peer, None));
+        return None;
     }
+    let mut arrival = None;
     // SAFETY: the CMSG_* helpers walk the control buffer the kernel filled,
     // bounded by `msg_controllen`; each payload is read unaligned and only
     // when its level and type say what it holds.
     unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
         while !cmsg.is_null() {
             let data = libc::CMSG_DATA(cmsg);
             match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
@@ -108,30 +90,26 @@ pub(crate) fn recv_arrival(
                 }
                 _ => {}
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
     }
-    Ok((n as usize, peer, arrival))
+    arrival
 }
 
-/// Sends `buf` to `peer` like `send_to`, from the address `arrival` names.
+/// Writes into `control` the one control message that makes `sendmsg`
+/// (or `sendmmsg`) send to `peer` from the address `arrival` names;
+/// returns its length, the header's `msg_controllen`.
 ///
 /// IPv4 names the source in `ipi_spec_dst` and leaves the interface to
 /// routing. IPv6 names the interface as well, which a link-local address
 /// needs. An IPv4 peer of an IPv6 socket comes as a mapped address and is
 /// answered through `IPV6_PKTINFO` with the mapped local address, which
 /// Linux turns into the IPv4 source.
-pub(crate) fn send_from(
-    socket: &impl AsRawFd,
-    buf: &[u8],
+pub(super) fn write_source(
+    control: &mut Control,
     peer: SocketAddr,
     arrival: Arrival,
 ) -> io::Result<usize> {
-    let (mut name, namelen) = sockaddr_to(peer);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr().cast_mut().cast(),
-        iov_len: buf.len(),
-    };
     // The socket's family is the peer's: an IPv6 socket reports IPv4 peers
     // as mapped addresses.
     let info = match (arrival.local, peer) {
@@ -167,16 +145,11 @@ pub(crate) fn send_from(
             size_of::<libc::in6_pktinfo>(),
         ),
     };
-    let mut control: Control = [0; 16];
-    // SAFETY: an empty msghdr is valid, and it points at locals that
-    // outlive the call. The one control message is written within
-    // `control`: CMSG_SPACE of either payload is at most 40 of its 128 bytes.
-    let n = unsafe {
+    // SAFETY: a header pointing at `control` is all CMSG_FIRSTHDR reads.
+    // The one control message is written within `control`: CMSG_SPACE of
+    // either payload is at most 40 of its 128 bytes.
+    unsafe {
         let mut msg: libc::msghdr = zeroed();
-        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = namelen;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = libc::CMSG_SPACE(payload as u32) as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -188,10 +161,6 @@ pub(crate) fn send_from(
             Info::V4(info) => std::ptr::write_unaligned(data.cast(), info),
             Info::V6(info) => std::ptr::write_unaligned(data.cast(), info),
         }
-        libc::sendmsg(socket.as_raw_fd(), &msg, 0)
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+        Ok(libc::CMSG_SPACE(payload as u32) as usize)
     }
-    Ok(n as usize)
 }
