@@ -35,6 +35,9 @@ use crate::sys;
 use crate::udp::{Answerer, NEVER_ANSWER_PORTS};
 
 mod relay;
+mod waitlist;
+
+use waitlist::WaitList;
 
 /// Wakes the loop for [`ShutdownHandle::shutdown`].
 const WAKER: Token = Token(usize::MAX);
@@ -223,6 +226,8 @@ struct Core {
     scratch: Box<[u8]>,
     /// Bytes held for all connections together, within `--max-buffered`.
     budget: Budget,
+    /// Connections the budget held back, woken as it falls.
+    waiters: WaitList,
     limits: Limits,
     next_id: u32,
     clock: Clock,
@@ -307,6 +312,8 @@ struct Entry {
     since: Tick,
     /// The deadline of this connection's live entry in the timer heap.
     armed: Option<Tick>,
+    /// It holds a place on the budget's wait list.
+    held_back: bool,
 }
 
 /// Where a connection is in its life, for its deadlines.
@@ -520,6 +527,7 @@ impl Server {
             timers: BinaryHeap::new(),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             budget: Budget::new(config.max_buffered),
+            waiters: WaitList::new(),
             limits: Limits {
                 max_connections: config.max_connections,
                 idle_timeout: config.idle_timeout,
@@ -651,6 +659,7 @@ impl Server {
         self.core.check_shutdown(registry, now);
         self.core.accept_ready(registry, now);
         self.core.expire_timers(now);
+        self.core.wake_held_back(registry, now);
         self.core.warn_of_pressure(now);
         self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
@@ -671,7 +680,7 @@ impl Core {
             .listeners
             .iter()
             .any(|l| l.ready && (!paused || matches!(l.socket, Socket::Udp(_))));
-        if work_left && self.state == State::Running {
+        if (work_left && self.state == State::Running) || self.waiters.unfinished() {
             return Some(Duration::ZERO);
         }
         let draining = match self.state {
@@ -774,6 +783,18 @@ impl Core {
             entry.stage = Stage::Lingering;
             entry.since = self.clock.tick(now);
             self.arm(key);
+        }
+        let scratch_len = self.scratch.len();
+        if let Some(wanted) =
+            self.waiters
+                .note(key, &mut self.conns[key], scratch_len, &self.budget)
+        {
+            debug!(
+                "{} held back: its next read wants {wanted} bytes, {} of {} are free",
+                self.tag(key),
+                self.budget.available(),
+                self.budget.limit()
+            );
         }
         let entry = &mut self.conns[key];
         let wanted = entry.conn.interest();
@@ -982,6 +1003,7 @@ impl Core {
             },
             since: self.clock.tick(now),
             armed: None,
+            held_back: false,
         });
         self.stats.get_mut(service).open += 1;
         if relayed {
@@ -1117,6 +1139,7 @@ impl Core {
         let tag = self.tag(key);
         self.via.remove(&key);
         let mut entry = self.conns.remove(key);
+        self.waiters.leave(&entry, &self.budget);
         if entry.stage == Stage::AwaitingHeader {
             // Its header bytes wait unread, and closing over unread input
             // sends a reset: take them, so the balancer sees a plain EOF.
@@ -1266,6 +1289,38 @@ impl Core {
         }
     }
 
+    /// Runs the connections the budget held back while it covers them,
+    /// first come, first served: who waits, who is woken and why no one
+    /// waits forever is in [`waitlist`]. Each runs as first in line, so
+    /// that no one else can take the bytes it was woken for.
+    fn wake_held_back(&mut self, registry: &Registry, now: Instant) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let mut wakes_left = self.waiters.start_pass(&self.conns);
+        let scratch_len = self.scratch.len();
+        while wakes_left > 0 {
+            let Some((key, wanted)) =
+                self.waiters
+                    .next_woken(&mut self.conns, scratch_len, &self.budget)
+            else {
+                return;
+            };
+            debug!(
+                "{} woken: its next read wants {wanted} bytes, {} of {} are free",
+                self.tag(key),
+                self.budget.available(),
+                self.budget.limit()
+            );
+            let first = self.budget.first_in_line();
+            let outcome = self.run_conn(key, false, now);
+            drop(first);
+            self.settle(registry, key, outcome, now);
+            wakes_left -= 1;
+        }
+        self.waiters.cut_short();
+    }
+
     /// Tells the operator, at most once a second, that the memory budget
     /// held reads back: some peers are not reading what they are sent.
     fn warn_of_pressure(&mut self, now: Instant) {
@@ -1275,7 +1330,8 @@ impl Core {
         if let Some(held_back) = self.budget_warning.allow(now) {
             warn!(
                 "memory budget full: {} of {} bytes held (max-buffered); \
-                 connections that owe bytes wait for their peers to read{}",
+                 connections that would hold more wait for their peers to read \
+                 or the total to fall{}",
                 self.budget.used(),
                 self.budget.limit(),
                 held_back_note(held_back)
