@@ -291,7 +291,7 @@ pub struct Connection<S> {
     /// Echo: the budget could not cover what a read might leave owed, and
     /// the send side is blocked, so input waits in the kernel until the
     /// socket takes more (a writable edge, which the blocked write
-    /// guarantees).
+    /// guarantees) or the budget's wait list wakes it.
     send_first: bool,
     bytes_in: u64,
     bytes_out: u64,
@@ -472,9 +472,11 @@ impl<S: Stream> Connection<S> {
     /// its socket takes back at once: it peeks, writes, and then takes from
     /// the socket exactly the bytes the write took. It keeps nothing, so a
     /// full budget costs a reader that keeps up one extra syscall per
-    /// message and no latency, while a connection that owes bytes, or whose
-    /// socket is full, reads nothing until its peer drains it: TCP holds
-    /// its peer's bytes, and flow control slows that peer alone.
+    /// message and no latency, while a connection whose socket is full
+    /// reads nothing more: TCP holds its peer's bytes, and flow control
+    /// slows that peer alone. It reads again when its peer drains it, or
+    /// when the server's wait list wakes it because the total fell (see
+    /// [`Connection::budget_wanted`]).
     ///
     /// Worst case: reads that may leave bytes owed are only made when
     /// [`Budget::covers`] the whole read plus its storage, and storage grows
