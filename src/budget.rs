@@ -13,10 +13,15 @@
 //! keep, and when the answer is no it reads only what the socket takes
 //! back at once (see `Connection::serve_echo`), so a full budget slows the
 //! peers that hold it and no one else.
+//!
+//! It does keep a line, though: while connections wait for it to fall
+//! (the server's wait list counts them here), it says no to everyone
+//! else, so that bytes freed go to those waiting, first come first
+//! served, and not to whichever connection happens to run next.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// The bytes held for every connection of one server, against one limit.
 ///
@@ -34,6 +39,13 @@ struct Shared {
     used: AtomicUsize,
     /// A read was held back since the last [`Budget::take_pressure`].
     pressure: AtomicBool,
+    /// Reads held back since the budget was made.
+    held_back: AtomicU64,
+    /// Connections on the server's wait list: while there are any, only
+    /// the one it runs first in line may take bytes.
+    waiting: AtomicUsize,
+    /// The connection running now was woken from the wait list.
+    first_in_line: AtomicBool,
 }
 
 impl Budget {
@@ -44,6 +56,9 @@ impl Budget {
                 limit,
                 used: AtomicUsize::new(0),
                 pressure: AtomicBool::new(false),
+                held_back: AtomicU64::new(0),
+                waiting: AtomicUsize::new(0),
+                first_in_line: AtomicBool::new(false),
             }),
         }
     }
@@ -63,14 +78,44 @@ impl Budget {
         self.limit().saturating_sub(self.used())
     }
 
-    /// Whether `bytes` more fit within the limit. A `false` is remembered
-    /// for [`take_pressure`](Budget::take_pressure).
+    /// Whether `bytes` more may be taken now: they fit within the limit,
+    /// and no connection waits for the budget ahead of the caller. A
+    /// `false` is remembered for [`take_pressure`](Budget::take_pressure).
     pub fn covers(&self, bytes: usize) -> bool {
-        let fits = bytes <= self.available();
+        let in_line = self.shared.waiting.load(Ordering::Relaxed) == 0
+            || self.shared.first_in_line.load(Ordering::Relaxed);
+        let fits = in_line && bytes <= self.available();
         if !fits {
             self.shared.pressure.store(true, Ordering::Relaxed);
+            self.shared.held_back.fetch_add(1, Ordering::Relaxed);
         }
         fits
+    }
+
+    /// How many times [`covers`](Budget::covers) said no: reads the budget
+    /// deferred, for the metrics.
+    pub fn held_back(&self) -> u64 {
+        self.shared.held_back.load(Ordering::Relaxed)
+    }
+
+    /// Whether `bytes` fit within the limit, whoever waits: the wait list
+    /// asks this of the connection first in line.
+    pub(crate) fn fits(&self, bytes: usize) -> bool {
+        bytes <= self.available()
+    }
+
+    /// Tells the budget how many connections wait for it.
+    pub(crate) fn set_waiting(&self, waiting: usize) {
+        self.shared.waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Until the guard is dropped, [`covers`](Budget::covers) answers as
+    /// if no one waited: the caller runs the connection first in line.
+    pub(crate) fn first_in_line(&self) -> FirstInLine {
+        self.shared.first_in_line.store(true, Ordering::Relaxed);
+        FirstInLine {
+            budget: self.clone(),
+        }
     }
 
     /// Whether [`covers`](Budget::covers) said no since the last call: the
@@ -89,6 +134,21 @@ impl Budget {
             budget: self.clone(),
             bytes,
         }
+    }
+}
+
+/// Lets the connection woken from the wait list take bytes past those
+/// waiting behind it, until dropped.
+pub(crate) struct FirstInLine {
+    budget: Budget,
+}
+
+impl Drop for FirstInLine {
+    fn drop(&mut self) {
+        self.budget
+            .shared
+            .first_in_line
+            .store(false, Ordering::Relaxed);
     }
 }
 
@@ -158,6 +218,23 @@ mod tests {
         assert!(!budget.covers(11));
         assert!(budget.take_pressure());
         assert!(!budget.take_pressure(), "taking it clears it");
+    }
+
+    #[test]
+    fn while_connections_wait_only_the_first_in_line_is_covered() {
+        let budget = Budget::new(100);
+        budget.set_waiting(2);
+        assert!(!budget.covers(10), "others wait: no one jumps the line");
+        assert!(budget.take_pressure());
+        assert!(budget.fits(100));
+        {
+            let _first = budget.first_in_line();
+            assert!(budget.covers(100));
+            assert!(!budget.covers(101), "the limit still holds");
+        }
+        assert!(!budget.covers(10), "the first in line has had its turn");
+        budget.set_waiting(0);
+        assert!(budget.covers(100));
     }
 
     #[test]

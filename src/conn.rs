@@ -291,7 +291,7 @@ pub struct Connection<S> {
     /// Echo: the budget could not cover what a read might leave owed, and
     /// the send side is blocked, so input waits in the kernel until the
     /// socket takes more (a writable edge, which the blocked write
-    /// guarantees).
+    /// guarantees) or the budget's wait list wakes it.
     send_first: bool,
     bytes_in: u64,
     bytes_out: u64,
@@ -394,6 +394,21 @@ impl<S: Stream> Connection<S> {
         self.yielded
     }
 
+    /// Echo: when it stopped reading only because the budget could not
+    /// cover what a read might leave owed (its send side is full, so
+    /// nothing of its own wakes it before its peer reads), the bytes the
+    /// budget must cover before it reads again, with `scratch_len` the
+    /// read buffer's length. `None` when it waits for nothing from the
+    /// budget, and when the budget is too small ever to cover it.
+    pub fn budget_wanted(&self, scratch_len: usize, budget: &Budget) -> Option<usize> {
+        if !self.send_first || self.phase != Phase::Serving {
+            return None;
+        }
+        let room = self.limit() - self.owed.len();
+        let keep = keep_size(room.min(scratch_len), budget);
+        (keep > 0).then_some(keep + PENDING_OVERHEAD)
+    }
+
     /// Whether this is a daytime or time connection waiting for its peer to
     /// close.
     pub fn is_lingering(&self) -> bool {
@@ -457,9 +472,11 @@ impl<S: Stream> Connection<S> {
     /// its socket takes back at once: it peeks, writes, and then takes from
     /// the socket exactly the bytes the write took. It keeps nothing, so a
     /// full budget costs a reader that keeps up one extra syscall per
-    /// message and no latency, while a connection that owes bytes, or whose
-    /// socket is full, reads nothing until its peer drains it: TCP holds
-    /// its peer's bytes, and flow control slows that peer alone.
+    /// message and no latency, while a connection whose socket is full
+    /// reads nothing more: TCP holds its peer's bytes, and flow control
+    /// slows that peer alone. It reads again when its peer drains it, or
+    /// when the server's wait list wakes it because the total fell (see
+    /// [`Connection::budget_wanted`]).
     ///
     /// Worst case: reads that may leave bytes owed are only made when
     /// [`Budget::covers`] the whole read plus its storage, and storage grows
@@ -493,11 +510,14 @@ impl<S: Stream> Connection<S> {
                 break;
             }
             let want = room.min(scratch.len());
-            let may_keep = budget.covers(want + PENDING_OVERHEAD);
+            let keep = keep_size(want, budget);
+            let may_keep = keep > 0 && budget.covers(keep + PENDING_OVERHEAD);
             let may_peek = writable && self.owed.is_empty();
             if !may_keep && !may_peek {
                 // Owed bytes go first, and a blocked socket takes nothing
-                // back: wait for the writable edge the blocked write set up.
+                // back: wait for the writable edge the blocked write set
+                // up, or for the budget to fall (the server's wait list
+                // asks `budget_wanted`).
                 self.send_first = true;
                 break;
             }
@@ -506,6 +526,7 @@ impl<S: Stream> Connection<S> {
                 break;
             }
             io_left -= 1;
+            let want = if may_keep { keep } else { want };
             let outcome = if may_keep {
                 self.read_and_echo(&mut scratch[..want], &mut writable, budget)?
             } else {
@@ -754,6 +775,13 @@ pub(crate) fn take_exactly(stream: &mut impl Read, buf: &mut [u8]) -> io::Result
         }
     }
     Ok(())
+}
+
+/// How much of a `want`-byte read may be kept under `budget`: no more than
+/// the whole budget can hold beside the storage's own cost, so that what
+/// a held-back connection waits for is a total the budget can reach.
+fn keep_size(want: usize, budget: &Budget) -> usize {
+    want.min(budget.limit().saturating_sub(PENDING_OVERHEAD))
 }
 
 /// Whether a read of `n` bytes (of `want` asked) left the socket drained:

@@ -53,6 +53,7 @@ mod notices;
 mod relay;
 mod shutdown;
 mod timers;
+mod waitlist;
 
 pub use shutdown::ShutdownHandle;
 
@@ -62,6 +63,7 @@ use metrics::Exporter;
 use notices::RateLimit;
 use shutdown::State;
 use timers::{Clock, Tick, Timer};
+use waitlist::WaitList;
 
 /// Wakes the loop for [`ShutdownHandle::shutdown`].
 const WAKER: Token = Token(usize::MAX);
@@ -203,6 +205,8 @@ struct Core {
     scratch: Box<[u8]>,
     /// Bytes held for all connections together, within `--max-buffered`.
     budget: Budget,
+    /// Connections the budget held back, woken as it falls.
+    waiters: WaitList,
     limits: Limits,
     next_id: u32,
     clock: Clock,
@@ -262,6 +266,8 @@ struct Entry {
     since: Tick,
     /// The deadline of this connection's live entry in the timer heap.
     armed: Option<Tick>,
+    /// It holds a place on the budget's wait list.
+    held_back: bool,
 }
 
 /// Where a connection is in its life, for its deadlines.
@@ -354,6 +360,7 @@ impl Server {
             timers: BinaryHeap::new(),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             budget: Budget::new(config.max_buffered),
+            waiters: WaitList::new(),
             limits: Limits {
                 max_connections: config.max_connections,
                 idle_timeout: config.idle_timeout,
@@ -442,7 +449,7 @@ impl Server {
     /// them: for an embedder that serves them its own way.
     pub fn metrics_text(&self) -> String {
         let mut text = String::new();
-        crate::metrics::write_exposition(&mut text, &self.core.stats, &self.core.gauges());
+        crate::metrics::write_exposition(&mut text, &self.core.snapshot(), &self.core.gauges());
         text
     }
 
@@ -462,7 +469,7 @@ impl Server {
 
     /// The counters of every service since the server started.
     pub fn stats(&self) -> Stats {
-        self.core.stats.clone()
+        self.core.snapshot()
     }
 
     /// Serves until a shutdown has finished.
@@ -504,6 +511,7 @@ impl Server {
         self.core.accept_ready(registry, now);
         self.core.expire_timers(now);
         self.core.exporter.expire(now);
+        self.core.wake_held_back(registry, now);
         self.core.warn_of_pressure(now);
         self.core.log_stats(now);
         turn.finished = self.core.state == State::Finished;
@@ -517,13 +525,20 @@ impl Core {
     /// A metrics connection is ready: answer what it asks.
     fn scrape(&mut self, registry: &Registry, token: Token, now: Instant) {
         let gauges = self.gauges();
-        let stats = &self.stats;
+        let stats = self.snapshot();
         self.exporter
             .on_event(registry, token, now, &self.budget, |out: &mut Vec<u8>| {
                 let mut text = String::new();
-                crate::metrics::write_exposition(&mut text, stats, &gauges);
+                crate::metrics::write_exposition(&mut text, &stats, &gauges);
                 out.extend_from_slice(text.as_bytes());
             });
+    }
+
+    /// The counters as they stand, with what the budget counted.
+    fn snapshot(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.reads_held_back = self.budget.held_back();
+        stats
     }
 
     /// The gauges the exposition shows beside the counters.
@@ -545,7 +560,7 @@ impl Core {
             .listeners
             .iter()
             .any(|l| l.ready && (!paused || matches!(l.socket, Socket::Udp(_))));
-        if work_left && self.state == State::Running {
+        if (work_left && self.state == State::Running) || self.waiters.unfinished() {
             return Some(Duration::ZERO);
         }
         let draining = match self.state {
@@ -646,6 +661,7 @@ impl Core {
             entry.since = self.clock.tick(now);
             self.arm(key);
         }
+        self.note_if_held_back(key);
         let entry = &mut self.conns[key];
         let wanted = entry.conn.interest();
         // A connection that yielded with work left needs re-registering
@@ -682,6 +698,7 @@ impl Core {
         let tag = self.tag(key);
         self.via.remove(&key);
         let mut entry = self.conns.remove(key);
+        self.waiters.leave(&entry, &self.budget);
         if entry.stage == Stage::AwaitingHeader {
             // Its header bytes wait unread, and closing over unread input
             // sends a reset: take them, so the balancer sees a plain EOF.

@@ -5,15 +5,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
     STEP, Server, connect, connect_as_remote_peer, flood_with_non_readers, pseudo_random_bytes,
-    raise_descriptor_limit, rss_kib, wait_until,
+    raise_descriptor_limit, reset, rss_kib, wait_until,
 };
 
 /// Writes `msg` and reads exactly its echo back.
@@ -139,6 +139,100 @@ fn fifty_slow_readers_get_every_byte_back_in_order_under_a_small_budget() {
     assert!(
         budget_warning_seen(&stderr),
         "the budget was never full: the test proves nothing"
+    );
+}
+
+/// How long a writer sees no progress before it counts the server as no
+/// longer reading it: long enough for a loaded two-core machine to have
+/// run the server many times over.
+const STALLED: Duration = Duration::from_millis(500);
+
+/// Writes `data[*sent..]` without blocking until the server stops taking
+/// it for [`STALLED`]; `*sent` counts what the socket took.
+fn write_until_stalled(stream: &TcpStream, data: &[u8], sent: &mut usize) {
+    let mut stream = stream;
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < STALLED {
+        assert!(*sent < data.len(), "the server never pushed back");
+        match stream.write(&data[*sent..]) {
+            Ok(n) => {
+                *sent += n;
+                last_progress = Instant::now();
+            }
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(err) => panic!("write: {err}"),
+        }
+    }
+    stream.set_nonblocking(false).expect("blocking");
+}
+
+/// Issue #17: a peer that writes a burst before it reads, held back
+/// because another peer holds the whole budget, reads again once that
+/// peer lets go, though it has read nothing itself: it stopped "until the
+/// total falls", not until it reads.
+#[test]
+fn a_peer_held_back_by_the_budget_resumes_when_the_holder_resets() {
+    const LIMIT: usize = 4 << 20;
+    let limit = LIMIT.to_string();
+    let mut server = Server::start_with(
+        &[
+            "--echo",
+            "127.0.0.1:0",
+            "--max-pending",
+            &limit,
+            "--max-buffered",
+            &limit,
+        ],
+        &[("RUST_LOG", "warn")],
+    );
+    let stderr = server.stderr_lines();
+    let addr = server.echo();
+    // Enough for the server's limit and every kernel buffer on the way.
+    let data_a = pseudo_random_bytes(32 << 20, 0xa);
+    let data_b = pseudo_random_bytes(32 << 20, 0xb);
+
+    let holder = connect_as_remote_peer(addr);
+    let mut sent_a = 0;
+    write_until_stalled(&holder, &data_a, &mut sent_a);
+    assert!(sent_a > LIMIT / 2, "A got only {sent_a} bytes in");
+
+    let mut held = connect_as_remote_peer(addr);
+    held.set_read_timeout(Some(STEP)).expect("timeout");
+    held.set_write_timeout(Some(STEP)).expect("timeout");
+    let mut sent_b = 0;
+    write_until_stalled(&held, &data_b, &mut sent_b);
+    assert!(
+        budget_warning_seen(&stderr),
+        "B was never held back by the budget: the test proves nothing"
+    );
+
+    reset(holder);
+    let before = sent_b;
+    write_until_stalled(&held, &data_b, &mut sent_b);
+    let more = sent_b - before;
+    // The budget now covers B's whole --max-pending; a little goes to
+    // storage overhead and the last read that would not fit.
+    assert!(
+        more >= LIMIT - LIMIT / 8,
+        "after A reset, B (still not reading) pushed only {more} more bytes \
+         (before: {before}); the budget left it stranded"
+    );
+
+    held.shutdown(Shutdown::Write).expect("half-close");
+    let mut back = Vec::with_capacity(sent_b);
+    held.read_to_end(&mut back).expect("read the echo to EOF");
+    assert_eq!(
+        back.len(),
+        sent_b,
+        "B sent {sent_b} bytes, got {} back",
+        back.len()
+    );
+    assert!(
+        back == data_b[..sent_b],
+        "B's echo came back changed or reordered"
     );
 }
 

@@ -597,6 +597,8 @@ fn a_real_prometheus_scrapes_exact_counts_and_the_budget() {
     let hostile = common::flood_with_non_readers(server.echo(), 40);
     let held = prometheus_sees(api, "minetd_buffered_bytes", |v| v > 0.0);
     assert!(held <= 1_048_576.0, "{held}");
+    // 40 peers' worth of echo cannot fit in 1 MiB: the budget held reads back.
+    prometheus_sees(api, "minetd_reads_held_back_total", |v| v > 0.0);
     for peer in hostile {
         common::reset(peer);
     }

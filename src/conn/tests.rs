@@ -1513,3 +1513,88 @@ fn daytime_line_is_charged_until_it_is_sent() {
     assert!(h.conn.is_lingering());
     assert_eq!(h.budget.used(), 0);
 }
+
+#[test]
+fn echo_held_back_by_others_says_what_it_waits_for_and_reads_once_covered() {
+    let mut h = Harness::echo_budgeted(64, 10, 1000);
+    h.squeeze(1000);
+    let input = binary(25);
+    h.send(&input);
+    h.run();
+    assert_eq!(h.sim().written, &input[..10], "what the socket took");
+    assert_eq!(h.sim().inbound.len(), 15, "the rest waits in the kernel");
+    let wanted = h.conn.budget_wanted(SCRATCH, &h.budget);
+    assert_eq!(
+        wanted,
+        Some(64 + PENDING_OVERHEAD),
+        "a read up to its limit"
+    );
+    // Others let go, and the peer still reads nothing: no event comes, so
+    // the server's wait list runs it.
+    h.release();
+    assert!(h.budget.fits(64 + PENDING_OVERHEAD));
+    h.call(false);
+    assert_eq!(h.sim().read, input, "read what waited");
+    assert_eq!(h.conn.owed(), 15, "and keeps what the socket cannot take");
+    assert_eq!(h.conn.budget_wanted(SCRATCH, &h.budget), None);
+    assert_eq!(
+        h.registered,
+        Some(Interest::READABLE | Interest::WRITABLE),
+        "reads again on its own events"
+    );
+    h.drain(100);
+    h.run();
+    assert_eq!(h.sim().written, input);
+}
+
+#[test]
+fn echo_at_its_own_pending_limit_waits_for_its_peer_not_the_budget() {
+    let mut h = Harness::echo_budgeted(8, 0, 1000);
+    h.send(&binary(20));
+    h.run();
+    assert_eq!(h.conn.owed(), 8);
+    h.squeeze(1000);
+    h.stale_event();
+    assert_eq!(h.conn.budget_wanted(SCRATCH, &h.budget), None);
+}
+
+#[test]
+fn echo_with_a_full_socket_but_a_free_budget_keeps_what_it_reads() {
+    let mut h = Harness::echo_budgeted(64, 0, 1000);
+    h.send(&binary(20));
+    h.run();
+    assert_eq!(h.conn.owed(), 20);
+    assert_eq!(h.conn.budget_wanted(SCRATCH, &h.budget), None);
+}
+
+#[test]
+fn echo_reads_no_more_than_the_whole_budget_could_keep() {
+    // The budget holds 20 bytes beside the storage's cost: a read of the
+    // whole 64-byte limit could never be covered, so reads shrink to fit
+    // and a held-back connection waits for a total the budget can reach.
+    let mut h = Harness::echo_budgeted(64, 0, 20 + PENDING_OVERHEAD);
+    h.send(&binary(50));
+    h.run();
+    assert_eq!(h.conn.owed(), 20);
+    assert_eq!(h.sim().inbound.len(), 30);
+    assert_eq!(
+        h.conn.budget_wanted(SCRATCH, &h.budget),
+        Some(20 + PENDING_OVERHEAD)
+    );
+    assert!(!h.budget.fits(20 + PENDING_OVERHEAD));
+    h.drain(100);
+    h.run();
+    assert_eq!(h.sim().written, binary(50));
+}
+
+#[test]
+fn a_budget_too_small_to_keep_anything_keeps_no_one_waiting() {
+    let mut h = Harness::echo_budgeted(64, 4, PENDING_OVERHEAD);
+    h.send(&binary(10));
+    h.run();
+    assert_eq!(h.sim().written, binary(4), "echoes what the socket takes");
+    assert_eq!(h.conn.budget_wanted(SCRATCH, &h.budget), None);
+    h.drain(100);
+    h.run();
+    assert_eq!(h.sim().written, binary(10));
+}

@@ -106,6 +106,7 @@ impl Core {
             },
             since: self.clock.tick(now),
             armed: None,
+            held_back: false,
         });
         self.stats.get_mut(service).open += 1;
         if relayed {
