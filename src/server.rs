@@ -38,9 +38,9 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::budget::Budget;
-use crate::config::{Cidr, Config, ConfigError, DaytimeFormat, Service};
+use crate::config::{Cidr, Config, DaytimeFormat, Service};
 use crate::conn::{CloseReason, Connection, Label, interrupted};
-use crate::listen::{HeldListener, HeldProblem};
+use crate::listen::HeldListener;
 use crate::stats::Stats;
 use crate::sys;
 use crate::udp::Answerer;
@@ -55,6 +55,7 @@ mod shutdown;
 mod timers;
 mod waitlist;
 
+pub use listeners::BindError;
 pub use shutdown::ShutdownHandle;
 
 use datagrams::seed_from;
@@ -82,84 +83,6 @@ const METRICS_BASE: usize = usize::MAX / 4;
 const READ_CHUNK: usize = 64 * 1024;
 /// Events taken per `epoll_wait`; more wait for the next turn.
 const EVENTS_PER_TURN: usize = 1024;
-
-/// Why [`Server::bind`] failed.
-#[derive(Debug)]
-pub enum BindError {
-    /// The configuration cannot be served.
-    Config(ConfigError),
-    /// A listener could not be bound.
-    Listen {
-        /// The service it was for.
-        service: Service,
-        /// The address asked for.
-        addr: SocketAddr,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// The poll or its waker could not be created.
-    Poll(io::Error),
-    /// A `--metrics` listener could not be bound.
-    Metrics {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// A listener given to [`Server::bind_with`] cannot be served.
-    Held {
-        /// Its position in the list given.
-        index: usize,
-        /// The service it was for.
-        service: Service,
-        /// What is wrong with it.
-        problem: HeldProblem,
-    },
-}
-
-impl fmt::Display for BindError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BindError::Config(err) => write!(f, "{err}"),
-            BindError::Listen {
-                service,
-                addr,
-                source,
-            } => write!(f, "cannot listen on {addr} for {service}: {source}"),
-            BindError::Poll(err) => write!(f, "cannot create the event loop: {err}"),
-            BindError::Metrics { addr, source } => {
-                write!(f, "cannot listen on {addr} for metrics: {source}")
-            }
-            BindError::Held {
-                index,
-                service,
-                problem,
-            } => write!(f, "held listener {index} for {service} {problem}"),
-        }
-    }
-}
-
-impl std::error::Error for BindError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            BindError::Config(err) => Some(err),
-            BindError::Listen { source, .. } => Some(source),
-            BindError::Poll(err) => Some(err),
-            BindError::Metrics { source, .. } => Some(source),
-            BindError::Held {
-                problem: HeldProblem::Io(err),
-                ..
-            } => Some(err),
-            BindError::Held { .. } => None,
-        }
-    }
-}
-
-impl From<ConfigError> for BindError {
-    fn from(err: ConfigError) -> Self {
-        BindError::Config(err)
-    }
-}
 
 /// What one [`Server::turn`] saw that its caller may care about.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -522,34 +445,6 @@ impl Server {
 }
 
 impl Core {
-    /// A metrics connection is ready: answer what it asks.
-    fn scrape(&mut self, registry: &Registry, token: Token, now: Instant) {
-        let gauges = self.gauges();
-        let stats = self.snapshot();
-        self.exporter
-            .on_event(registry, token, now, &self.budget, |out: &mut Vec<u8>| {
-                let mut text = String::new();
-                crate::metrics::write_exposition(&mut text, &stats, &gauges);
-                out.extend_from_slice(text.as_bytes());
-            });
-    }
-
-    /// The counters as they stand, with what the budget counted.
-    fn snapshot(&self) -> Stats {
-        let mut stats = self.stats.clone();
-        stats.reads_held_back = self.budget.held_back();
-        stats
-    }
-
-    /// The gauges the exposition shows beside the counters.
-    fn gauges(&self) -> crate::metrics::Gauges {
-        crate::metrics::Gauges {
-            buffered: self.budget.used(),
-            max_buffered: self.budget.limit(),
-            started: self.started,
-        }
-    }
-
     /// How long the next poll may wait: until the nearest deadline, or not
     /// at all while a listener has connections left to accept.
     fn poll_timeout(&self, requested: Option<Duration>, now: Instant) -> Option<Duration> {

@@ -3,6 +3,7 @@
 //! descriptors run out, and, when a `--reuse-port` process stops, taking in
 //! what is already queued so that no client waiting there is reset.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,8 +15,9 @@ use mio::{Interest, Poll, Registry, Token};
 
 use super::notices::held_back_note;
 use super::shutdown::State;
-use super::{BindError, Core, LISTENER_BASE};
+use super::{Core, LISTENER_BASE};
 use crate::config::Config;
+use crate::config::ConfigError;
 use crate::config::Service;
 use crate::conn::{interrupted, would_block};
 use crate::listen::{HeldListener, HeldProblem};
@@ -36,6 +38,84 @@ pub(super) const LISTEN_BACKLOG: libc::c_int = 4096;
 /// connection closes sooner (nginx waits 500 ms). Linux leaves the
 /// connection queued on EMFILE and, with the edge spent, never reports it.
 pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why [`Server::bind`](super::Server::bind) failed.
+#[derive(Debug)]
+pub enum BindError {
+    /// The configuration cannot be served.
+    Config(ConfigError),
+    /// A listener could not be bound.
+    Listen {
+        /// The service it was for.
+        service: Service,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The poll or its waker could not be created.
+    Poll(io::Error),
+    /// A `--metrics` listener could not be bound.
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A listener given to [`Server::bind_with`](super::Server::bind_with) cannot be served.
+    Held {
+        /// Its position in the list given.
+        index: usize,
+        /// The service it was for.
+        service: Service,
+        /// What is wrong with it.
+        problem: HeldProblem,
+    },
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::Config(err) => write!(f, "{err}"),
+            BindError::Listen {
+                service,
+                addr,
+                source,
+            } => write!(f, "cannot listen on {addr} for {service}: {source}"),
+            BindError::Poll(err) => write!(f, "cannot create the event loop: {err}"),
+            BindError::Metrics { addr, source } => {
+                write!(f, "cannot listen on {addr} for metrics: {source}")
+            }
+            BindError::Held {
+                index,
+                service,
+                problem,
+            } => write!(f, "held listener {index} for {service} {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BindError::Config(err) => Some(err),
+            BindError::Listen { source, .. } => Some(source),
+            BindError::Poll(err) => Some(err),
+            BindError::Metrics { source, .. } => Some(source),
+            BindError::Held {
+                problem: HeldProblem::Io(err),
+                ..
+            } => Some(err),
+            BindError::Held { .. } => None,
+        }
+    }
+}
+
+impl From<ConfigError> for BindError {
+    fn from(err: ConfigError) -> Self {
+        BindError::Config(err)
+    }
+}
 
 pub(super) enum Socket {
     Tcp(TcpListener),

@@ -24,6 +24,7 @@ use slab::Slab;
 use crate::budget::{Budget, Charge};
 use crate::conn::{interrupted, would_block};
 use crate::metrics::CONTENT_TYPE;
+use crate::stats::Stats;
 
 /// Requests longer than this close the connection: a scrape's request is a
 /// few hundred bytes.
@@ -403,6 +404,36 @@ fn answer(status: Status, close_after: bool, render: &mut impl FnMut(&mut Vec<u8
     .into_bytes();
     out.extend_from_slice(&body);
     out
+}
+
+impl super::Core {
+    /// A metrics connection is ready: answer what it asks.
+    pub(super) fn scrape(&mut self, registry: &Registry, token: Token, now: Instant) {
+        let gauges = self.gauges();
+        let stats = self.snapshot();
+        self.exporter
+            .on_event(registry, token, now, &self.budget, |out: &mut Vec<u8>| {
+                let mut text = String::new();
+                crate::metrics::write_exposition(&mut text, &stats, &gauges);
+                out.extend_from_slice(text.as_bytes());
+            });
+    }
+
+    /// The counters as they stand, with what the budget counted.
+    pub(super) fn snapshot(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.reads_held_back = self.budget.held_back();
+        stats
+    }
+
+    /// The gauges the exposition shows beside the counters.
+    pub(super) fn gauges(&self) -> crate::metrics::Gauges {
+        crate::metrics::Gauges {
+            buffered: self.budget.used(),
+            max_buffered: self.budget.limit(),
+            started: self.started,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -572,7 +572,7 @@ fn undo_xor_shift_right(y: u64, shift: u32) -> u64 {
     x
 }
 
-/// The inverse of [`splitmix64`].
+/// The inverse of `splitmix64`.
 fn undo_splitmix64(mut z: u64) -> u64 {
     z = undo_xor_shift_right(z, 31);
     z = z.wrapping_mul(inverse(0x94d0_49bb_1331_11eb));
