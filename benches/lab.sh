@@ -17,7 +17,9 @@
 #   cargo build --release --bins && benches/lab.sh
 # Environment: LAB_SECS (5) per run, LAB_ROUNDS (3), LAB_CELLS
 # ("64x100 64x1000 512x1000", SIZExCONNECTIONS as in cargo bench --bench echo),
-# LAB_LINKS ("loopback veth tbf").
+# LAB_LINKS ("loopback veth tbf"; also "veth-gso": the link with segmentation
+# offload on, 64 KiB packets crossing it as a NIC with TSO and GRO would
+# pass them, so that what segmentation costs shows apart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,9 +63,13 @@ done
 on_client() { nsenter --net=/proc/$holder/ns/net "$@"; }
 
 ip link add veth-s mtu 1500 type veth peer name veth-c mtu 1500 netns "$holder"
-# One segment per packet on the link, as on a NIC without offloads.
-ip link set veth-s gso_max_size 1500 gso_max_segs 1
-on_client ip link set veth-c gso_max_size 1500 gso_max_segs 1
+# One segment per packet on the link, as on a NIC without offloads
+# ("veth-gso" runs lift this for their own duration).
+offload() {
+    ip link set veth-s gso_max_size "$1" gso_max_segs "$2"
+    on_client ip link set veth-c gso_max_size "$1" gso_max_segs "$2"
+}
+offload 1500 1
 ip addr add 198.18.0.1/24 dev veth-s
 on_client ip addr add 198.18.0.2/24 dev veth-c
 ip link set veth-s up
@@ -82,6 +88,7 @@ run() {
     case $link in
         loopback) host=127.0.0.1 via=() ;;
         tbf) tc qdisc replace dev veth-s root tbf rate 100mbit burst 64kb latency 20ms ;;
+        veth-gso) offload 65536 65535 ;;
     esac
     [ "$link" = tbf ] || tc qdisc del dev veth-s root 2>/dev/null || true
     taskset -c 0 "$server" --echo "$host:0" >"$work/listening" 2>/dev/null &
@@ -102,6 +109,7 @@ run() {
     local hwm
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$server_pid/status")
     kill "$server_pid"
+    [ "$link" = veth-gso ] && offload 1500 1
     wait "$server_pid" 2>/dev/null || true
     server_pid=
     local hz
