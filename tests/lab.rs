@@ -224,12 +224,21 @@ fn with_random_loss_every_byte_still_comes_back_and_retransmits_show() {
         println!("{}", c.line);
         assert_eq!((c.bytes_in, c.bytes_out), (1 << 20, 1 << 20), "{c:?}");
     }
-    // Some 725 of the server's segments went to each peer: 2% of them is
-    // about 15 lost per peer, and the server's own count must say so.
+    // Some 725 of the server's data segments went to each peer: 2% of
+    // them is about 15 dropped per peer. The rule's counter proves the
+    // loss was real (a retransmission alone would not: Linux's tail-loss
+    // probes count as retransmissions, and a loaded machine fires some on
+    // a lossless link), and the server's own count must show it.
+    let dropped = lab.dropped_to_client();
     let retrans: u64 = closed.iter().map(|c| c.retrans).sum();
+    println!("{dropped} data segments dropped, {retrans} retransmitted");
+    assert!(
+        dropped > 0,
+        "nothing was dropped: the loss rule did not work"
+    );
     assert!(
         retrans > 0,
-        "no retransmits: was anything lost? {closed:#?}"
+        "no retransmits after {dropped} drops: {closed:#?}"
     );
 }
 
@@ -290,16 +299,20 @@ fn bench_across_a_100_mbit_link_ends_on_time_checked_and_under_the_rate() {
     );
     // The link's rate holds what crosses it (payload is under the rate:
     // 1,448 of every 1,514 bytes on the wire), and it was the limit: the
-    // same bench unshaped moves several times as much on this machine.
+    // shaper had to hold packets back, and the run still moved a good
+    // part of the link's rate (unshaped, it moves several times as much).
     let link_mbps = f64::from(mbit) / 8.0;
     let mbps = json_number(&json, "mbps");
+    let overlimits = lab.shaper_overlimits();
+    println!("{mbps} MB/s through a {link_mbps} MB/s link; tbf overlimits {overlimits}");
     assert!(
         mbps < link_mbps,
         "{mbps} MB/s through a {link_mbps} MB/s link"
     );
+    assert!(overlimits > 0, "the shaper never held a packet back");
     assert!(
-        mbps > link_mbps / 2.0,
-        "{mbps} MB/s: the link was not what limited the run"
+        mbps > link_mbps / 4.0,
+        "{mbps} MB/s: something other than the link limited the run"
     );
 }
 

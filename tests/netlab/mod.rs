@@ -48,9 +48,9 @@ pub const MSS: u32 = MTU - 20 - 20 - 12;
 pub struct Shape {
     /// `tbf` on the server's egress, in Mbit/s.
     pub rate_mbit: Option<u32>,
-    /// Percent of packets dropped at random on their way to the client
-    /// (nftables `numgen random`), so the server's segments are lost and
-    /// the server retransmits.
+    /// Percent of data packets dropped at random on their way to the
+    /// client (nftables `numgen random`), so the server's segments are
+    /// lost and the server retransmits.
     pub loss_to_client_percent: Option<u32>,
 }
 
@@ -207,10 +207,16 @@ impl Lab {
             // sent it: to the server it is lost on the wire and must be
             // retransmitted (a drop in the sender's own output hook would
             // only make its send fail and be retried, no loss at all).
+            // Only packets that carry data (over 100 bytes: no IP and TCP
+            // header with options reaches that), so that each drop is a
+            // segment the server must send again; counted, so that a test
+            // can tell real losses from Linux's tail-loss probes, which
+            // count as retransmissions too.
             let rules = format!(
                 "table inet lab {{\n  chain loss {{\n    \
                  type filter hook prerouting priority raw; policy accept;\n    \
-                 iifname \"veth-c\" numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+                 iifname \"veth-c\" ip length > 100 numgen random mod 100 < {percent} \
+                 counter drop\n  }}\n}}\n"
             );
             run_in(client, "nft", &["-f", "-"], &rules)?;
         }
@@ -230,6 +236,33 @@ impl Lab {
     /// Makes `command` run on the client host.
     pub fn place_on_client(&self, command: &mut Command) {
         inside(command, &self.client_host);
+    }
+
+    /// How often the server's shaper held a packet back for want of
+    /// tokens (tbf's `overlimits`): above 0, the rate limit was binding.
+    pub fn shaper_overlimits(&self) -> u64 {
+        let mut command = Command::new("tc");
+        command.args(["-s", "qdisc", "show", "dev", "veth-s"]);
+        inside(&mut command, &self.server_host);
+        let output = command.output().expect("tc -s qdisc");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.split(", ")
+            .find_map(|part| part.strip_prefix("overlimits "))
+            .and_then(|rest| rest.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no overlimits in {text}"))
+    }
+
+    /// Packets the loss rule has dropped so far on their way to the client.
+    pub fn dropped_to_client(&self) -> u64 {
+        let mut command = Command::new("nft");
+        command.args(["list", "chain", "inet", "lab", "loss"]);
+        inside(&mut command, &self.client_host);
+        let output = command.output().expect("nft list chain");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.split("counter packets ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {text}"))
     }
 
     /// Runs `work` on a new thread that has joined the client host, so the
