@@ -210,11 +210,18 @@ impl Exporter {
 
     /// The nearest request deadline, if any scraper is open.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
+        if self.scrapes.is_empty() {
+            return None;
+        }
         self.scrapes.iter().map(|(_, s)| s.deadline).min()
     }
 
     /// Closes scrapers whose request did not come whole in time.
     pub(super) fn expire(&mut self, now: Instant) {
+        // Every turn asks: without scrapers that must cost nothing.
+        if self.scrapes.is_empty() {
+            return;
+        }
         let late: Vec<usize> = self
             .scrapes
             .iter()
