@@ -50,6 +50,64 @@ pub fn start_server(service: &str, pin: bool) -> std::io::Result<(Child, SocketA
     Ok((child, addr))
 }
 
+/// A server process the bench started, with the address its first
+/// `listening SERVICE ADDR` line announced. Its stdout stays open (a
+/// server writing to a closed pipe would get EPIPE).
+pub struct Announced {
+    pub child: Child,
+    pub stdout: BufReader<std::process::ChildStdout>,
+    pub addr: SocketAddr,
+}
+
+/// Spawns `command` (stdout piped here) pinned to `cpu` if given, killed if
+/// the bench dies, and reads its `listening SERVICE ADDR` line. `name` is
+/// for the error when it says something else.
+pub fn spawn_announced(
+    mut command: Command,
+    cpu: Option<usize>,
+    service: &str,
+    name: &str,
+) -> std::io::Result<Announced> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: between fork and exec this only makes two syscalls and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // A bench that dies must not leave servers behind.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(cpu) = cpu {
+                pin_to(cpu);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot start {name}: {err}")))?;
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix(&format!("listening {service} "))
+        .and_then(|addr| addr.parse().ok());
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(std::io::Error::other(format!(
+            "{name} did not announce its address (said {line:?})"
+        )));
+    };
+    Ok(Announced {
+        child,
+        stdout,
+        addr,
+    })
+}
+
 /// Pins the calling thread (and what it starts later) to `cpu`.
 pub fn pin_to(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.

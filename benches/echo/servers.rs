@@ -3,11 +3,10 @@
 //! and the references (this bench binary re-executed with `--serve`).
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command};
 
 /// A server under test.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +83,7 @@ impl Server {
     /// Starts `kind` on 127.0.0.1 port 0, pinned to `cpu` if given, and
     /// waits for its `listening echo ADDR` line.
     pub fn start(kind: &Kind, cpu: Option<usize>) -> io::Result<Server> {
-        let mut command = match kind {
+        let command = match kind {
             Kind::Minetd | Kind::MinetdAt(_) => {
                 let binary = match kind {
                     Kind::MinetdAt(path) => path.clone(),
@@ -109,45 +108,12 @@ impl Server {
                 command
             }
         };
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: between fork and exec this only makes two syscalls and
-        // allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                // A bench that dies must not leave servers behind.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                match cpu {
-                    Some(cpu) => crate::sys::pin_to(cpu),
-                    None => Ok(()),
-                }
-            });
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|err| io::Error::new(err.kind(), format!("cannot start {kind}: {err}")))?;
-        let pid = child.id();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening echo ")
-            .and_then(|addr| addr.parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::other(format!(
-                "{kind} did not announce its address (said {line:?})"
-            )));
-        };
+        let started = crate::common::spawn_announced(command, cpu, "echo", &kind.to_string())?;
         Ok(Server {
-            child,
-            _stdout: stdout,
-            pid,
-            addr,
+            pid: started.child.id(),
+            child: started.child,
+            _stdout: started.stdout,
+            addr: started.addr,
         })
     }
 }
