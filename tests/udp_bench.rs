@@ -228,23 +228,7 @@ fn every_udp_adversary_run_ends_on_time_with_honest_counts() {
         .iter()
         .map(|case| (case.name, thread::spawn(move || run_case(case))))
         .collect();
-    let mut failures = Vec::new();
-    for (name, run) in runs {
-        match run.join() {
-            Ok(after_window) => {
-                println!("{name}: ended at most {after_window:.2} s after the window")
-            }
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                failures.push(format!("{name}: {why}"));
-            }
-        }
-    }
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    common::report_runs(runs);
 }
 
 /// Runs `case` and checks it; returns how long after the window it ended.

@@ -484,3 +484,26 @@ pub fn reset(stream: TcpStream) {
     assert_eq!(rc, 0);
     drop(stream);
 }
+
+/// Waits for each named run of a table of bench adversaries, prints how
+/// long after its window each ended, and fails with every run that
+/// panicked (not only the first).
+pub fn report_runs(runs: Vec<(&str, thread::JoinHandle<f64>)>) {
+    let mut failures = Vec::new();
+    for (name, run) in runs {
+        match run.join() {
+            Ok(after_window) => {
+                println!("{name}: ended at most {after_window:.2} s after the window")
+            }
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!("{name}: {why}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
