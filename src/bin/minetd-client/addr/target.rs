@@ -51,17 +51,29 @@ impl FromStr for Target {
             return Err("expected HOST:PORT, the host is missing".to_string());
         }
         check_host(host)?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("the port '{port}' is not a number from 1 to 65535"))?;
-        if port == 0 {
-            return Err("port 0 cannot be connected to".to_string());
-        }
+        let port = parse_port(port)?;
         Ok(Target {
             host: host.to_string(),
             port,
         })
     }
+}
+
+/// A port as it is shown back: decimal digits only, so `+80` and `08080`
+/// (which would print as `80` and `8080`) are refused rather than shown
+/// differently from how they were typed.
+fn parse_port(text: &str) -> Result<u16, String> {
+    let not_a_port = || format!("the port '{text}' is not a number from 1 to 65535");
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_a_port());
+    }
+    if text == "0" {
+        return Err("port 0 cannot be connected to".to_string());
+    }
+    if text.starts_with('0') {
+        return Err(format!("the port '{text}' has a leading zero"));
+    }
+    text.parse().map_err(|_| not_a_port())
 }
 
 /// Rejects hosts that cannot be meant: an IPv6 address needs brackets so
@@ -100,6 +112,15 @@ mod tests {
         ] {
             let target: Target = text.parse().unwrap();
             assert_eq!(target.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn ports_shown_differently_from_typed_are_refused() {
+        // Found by the `addr` fuzz check (fuzz/checks/addr.rs): these
+        // parsed, then showed as localhost:80 and so on in every message.
+        for text in ["localhost:+80", "localhost:07007", "[::1]:+7007"] {
+            assert!(text.parse::<Target>().is_err(), "{text} parsed");
         }
     }
 
