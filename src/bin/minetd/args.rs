@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{ArgMatches, CommandFactory, Parser};
 use minetd::{Cidr, Config, DaytimeFormat, Service};
 
-use crate::generate;
+use super::generate;
 
 /// The classic small services on one thread: echo (RFC 862), daytime (RFC 867),
 /// discard (RFC 863), chargen (RFC 864) and time (RFC 868), over TCP and UDP.
