@@ -20,9 +20,9 @@ esac
 
 cargo afl build --release --bin "$target"
 
-# A shared machine: no CPU governor or core dump settings to insist on,
-# and no screen to draw.
-export AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
+# A shared machine: no CPU governor or core dump settings to insist on, no
+# core to claim for ourselves, and no screen to draw.
+export AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
 export AFL_SKIP_BIN_CHECK=${AFL_SKIP_BIN_CHECK:-}
 out="out/$target"
 mkdir -p "$out"
