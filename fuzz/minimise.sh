@@ -22,7 +22,12 @@ for dir in "corpus/$target" "seeds/$target" "$queue"; do
     [ -d "$dir" ] || continue
     find "$dir" -maxdepth 1 -type f ! -name '.*' -exec cp -t "$work/all" {} +
 done
-cargo afl cmin -i "$work/all" -o "$work/min" -- "target/release/$target" >"$work/cmin.log" 2>&1 || {
+# afl-cmin's Python version finds no edges in afl.rs's persistent-mode
+# targets here (AFL++ as cargo-afl 0.18 bundles it); its Bash version,
+# which cargo afl builds beside it, does.
+afl_bin=$(ls -d "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-*/afl.rs-*/afl/bin | tail -n 1)
+PATH="$afl_bin:$PATH" "$afl_bin/afl-cmin.bash" -i "$work/all" -o "$work/min" \
+    -- "target/release/$target" >"$work/cmin.log" 2>&1 || {
     tail -20 "$work/cmin.log" >&2
     exit 1
 }
