@@ -398,7 +398,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// A block of IP addresses, `ADDR/PREFIX` (`10.0.0.0/8`, `::1/128`); a bare
-/// address is a block of one.
+/// address is a block of one. An IPv4-mapped block (`::ffff:10.0.0.0/104`)
+/// is the IPv4 block it maps (`10.0.0.0/8`).
 ///
 /// ```
 /// let loopback: minetd::Cidr = "127.0.0.0/8".parse().unwrap();
@@ -427,6 +428,9 @@ impl Cidr {
     }
 }
 
+/// The bits of `::ffff:0:0/96` before an IPv4-mapped address's IPv4 part.
+const MAPPED_PREFIX: u8 = 96;
+
 /// Whether the first `prefix` of `width` bits of `a` and `b` agree.
 fn prefix_matches(a: u128, b: u128, prefix: u8, width: u32) -> bool {
     let host_bits = width - u32::from(prefix);
@@ -452,6 +456,17 @@ impl FromStr for Cidr {
                 _ => return Err(format!("'{s}': prefix must be 0 to {width}")),
             },
         };
+        // Peers' IPv4-mapped addresses count as IPv4 (`contains`), so a
+        // block written inside ::ffff:0:0/96 is the IPv4 block it maps;
+        // kept as IPv6 it would contain none of them.
+        if let IpAddr::V6(v6) = network {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= MAPPED_PREFIX) {
+                return Ok(Cidr {
+                    network: IpAddr::V4(v4),
+                    prefix: prefix - MAPPED_PREFIX,
+                });
+            }
+        }
         Ok(Cidr { network, prefix })
     }
 }
@@ -481,6 +496,21 @@ mod tests {
         assert!(all.contains("203.0.113.9".parse().unwrap()));
         let all6: Cidr = "::/0".parse().unwrap();
         assert!(all6.contains("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv4_mapped_cidr_is_its_ipv4_block() {
+        // Found by the `addr` fuzz check (fuzz/checks/addr.rs): this block
+        // stayed IPv6 while peers count as IPv4, so it held no address,
+        // not even the one it was written with.
+        let mapped: Cidr = "::ffff:10.0.0.1/104".parse().unwrap();
+        assert_eq!(mapped, "10.0.0.1/8".parse().unwrap());
+        assert!(mapped.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(mapped.contains("10.255.0.1".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(one.to_string(), "192.0.2.1/32");
+        assert!(one.contains("192.0.2.1".parse().unwrap()));
     }
 
     #[test]

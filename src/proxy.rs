@@ -128,19 +128,34 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
         None if window.len() == MAX_V1 => return Err(ProxyError::V1TooLong),
         None => return early_v1_check(window),
     };
-    let line =
-        std::str::from_utf8(&window[V1_PREFIX.len()..end]).map_err(|_| ProxyError::V1Malformed)?;
-    let source = v1_source(line)?;
+    let line = &window[V1_PREFIX.len()..end];
+    let source = if is_unknown(line) {
+        // UNKNOWN: whatever follows, up to the CRLF, is to be ignored.
+        None
+    } else {
+        let line = std::str::from_utf8(line).map_err(|_| ProxyError::V1Malformed)?;
+        v1_source(line)?
+    };
     Ok(Parsed::Complete {
         len: end + 2,
         source,
     })
 }
 
+/// Whether a v1 line (without `PROXY `) is `UNKNOWN`, with or without
+/// something after it that the receiver must ignore, whatever its bytes.
+fn is_unknown(line: &[u8]) -> bool {
+    line == b"UNKNOWN" || line.starts_with(b"UNKNOWN ")
+}
+
 /// Rejects a line that has gone wrong before its end: a protocol word that
-/// cannot become `TCP4`, `TCP6` or `UNKNOWN`, or a byte no header has.
+/// cannot become `TCP4`, `TCP6` or `UNKNOWN`, or a byte no header has
+/// (after `UNKNOWN `, any byte may come before the CRLF).
 fn early_v1_check(partial: &[u8]) -> Result<Parsed, ProxyError> {
     let rest = &partial[V1_PREFIX.len().min(partial.len())..];
+    if is_unknown(rest) {
+        return Ok(Parsed::Partial);
+    }
     let word_len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
     let word = &rest[..word_len];
     let possible = [&b"TCP4"[..], b"TCP6", b"UNKNOWN"]
@@ -154,13 +169,10 @@ fn early_v1_check(partial: &[u8]) -> Result<Parsed, ProxyError> {
     }
 }
 
-/// The source address of a whole v1 line (without `PROXY ` and CRLF).
+/// The source address of a whole `TCP4` or `TCP6` v1 line (without
+/// `PROXY ` and CRLF).
 fn v1_source(line: &str) -> Result<Option<SocketAddr>, ProxyError> {
     let malformed = ProxyError::V1Malformed;
-    // UNKNOWN: whatever follows, up to the CRLF, is to be ignored.
-    if line == "UNKNOWN" || line.starts_with("UNKNOWN ") {
-        return Ok(None);
-    }
     let mut fields = line.split(' ');
     let proto = fields.next().ok_or(malformed)?;
     let (src, dst, src_port, dst_port) = match (

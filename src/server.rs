@@ -307,7 +307,10 @@ impl Server {
             per_source: config.per_source.map(|_| HashMap::new()),
             via: HashMap::new(),
             stats: Stats::new(served),
-            next_stats: config.stats_interval.map(|every| started + every),
+            // An interval past the clock's range never comes.
+            next_stats: config
+                .stats_interval
+                .and_then(|every| started.checked_add(every)),
             answerer: Answerer::new(config.daytime_format, seed_from(started)),
             exporter,
             started: std::time::SystemTime::now(),

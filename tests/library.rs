@@ -270,3 +270,29 @@ fn buffered_bytes_stay_within_max_buffered_and_return_to_zero() {
     assert_eq!(server.connections(), 0);
     assert_eq!(server.buffered(), 0, "every byte given back");
 }
+
+#[test]
+fn durations_past_the_clocks_range_mean_never_not_a_panic() {
+    // Found with the `args` fuzz check's inputs (fuzz/seeds/args):
+    // `--stats-interval 18446744073709551615` panicked in bind and
+    // `--shutdown-grace 18446744073709551615` at shutdown, adding them to
+    // an Instant. So long an interval never comes; so long a grace waits
+    // for the connections to finish.
+    let _watchdog = Watchdog::arm(STEP * 2, "run");
+    let mut server = Server::bind(&Config {
+        stats_interval: Some(Duration::MAX),
+        shutdown_grace: Duration::MAX,
+        idle_timeout: Some(Duration::MAX),
+        ..echo_config()
+    })
+    .expect("bind");
+    let addr = server.local_addrs()[0].1;
+    let stop = StopOnDrop(server.shutdown_handle());
+    let client = thread::spawn(move || {
+        let _stop = stop;
+        echo_once(addr, b"still serving")
+    });
+    let result = server.run();
+    assert_eq!(client.join().expect("client thread"), b"still serving");
+    assert!(result.is_ok(), "{result:?}");
+}

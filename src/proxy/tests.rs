@@ -76,6 +76,29 @@ fn v1_unknown_keeps_the_peer_with_or_without_addresses() {
 }
 
 #[test]
+fn v1_unknown_ignores_any_bytes_before_its_crlf_in_any_split() {
+    // Found by the fuzz target `proxy` (fuzz/checks/proxy.rs): a control
+    // byte after `UNKNOWN ` closed a connection whose header came in
+    // pieces, and passed when the whole line came in one read.
+    for line in [
+        &b"PROXY UNKNOWN ffff:ffff\tceba?ddeb\r\n"[..],
+        b"PROXY UNKNOWN ffff:ffff ffff:ffff 6553\x13 65535\r\n",
+        b"PROXY UNKNOWN \0\x7f\xff\xfe\r\n",
+    ] {
+        assert_eq!(parse(line), complete(line.len(), None), "{line:?}");
+        for end in 0..line.len() {
+            assert_eq!(
+                parse(&line[..end]),
+                Ok(Parsed::Partial),
+                "{end} of {line:?}"
+            );
+        }
+    }
+    // The word itself is still checked as it arrives.
+    assert_eq!(parse(b"PROXY UNKNOWN\t"), Err(ProxyError::V1Malformed));
+}
+
+#[test]
 fn v1_longest_line_is_accepted_and_one_more_byte_is_too_long() {
     let ip = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
     let line = format!("PROXY TCP6 {ip} {ip} 65535 65535\r\n");

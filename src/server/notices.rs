@@ -59,12 +59,13 @@ impl Core {
             return;
         }
         info!("stats: {}", self.stats);
-        // Skip intervals the loop slept through rather than log a burst.
-        let mut next = due + every;
-        while next <= now {
-            next += every;
+        // Skip intervals the loop slept through rather than log a burst;
+        // one past the clock's range never comes.
+        let mut next = due.checked_add(every);
+        while let Some(at) = next.filter(|at| *at <= now) {
+            next = at.checked_add(every);
         }
-        self.next_stats = Some(next);
+        self.next_stats = next;
     }
 }
 

@@ -4,13 +4,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::info;
 use mio::{Registry, Waker};
 
 use super::{Core, Stage};
 use crate::conn::CloseReason;
+
+/// What a grace too long for the clock becomes: a century, as good as
+/// waiting for every connection to finish.
+const GRACE_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// Stops a [`Server`](super::Server) from any thread: it stops accepting, flushes what it
 /// owes for up to the shutdown grace, closes everything, and `run` returns.
@@ -94,7 +98,9 @@ impl Core {
         self.exporter.close_all(registry);
         self.accept_paused_until = None;
         self.state = State::Draining {
-            until: now + self.limits.shutdown_grace,
+            until: now
+                .checked_add(self.limits.shutdown_grace)
+                .unwrap_or(now + GRACE_FOREVER),
         };
         // One pass closes every connection that is idle already; the rest
         // close as their events show them idle, or when the grace ends.
