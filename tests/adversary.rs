@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::report::{at_least, count, counts, sum};
 use serde_json::Value;
 
 /// `--duration` and `--timeout` of every case, in seconds: short, so the
@@ -472,29 +473,6 @@ fn serve(server: fn(TcpStream)) -> SocketAddr {
         }
     });
     addr
-}
-
-fn count(report: &Value, key: &str) -> u64 {
-    report[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no count {key:?} in {report}"))
-}
-
-/// Each `(key, n)`: the report's `key` is exactly `n`.
-fn counts(report: &Value, expected: &[(&str, u64)]) {
-    for &(key, n) in expected {
-        assert_eq!(count(report, key), n, "{key} in {report}");
-    }
-}
-
-fn at_least(report: &Value, key: &str, n: u64) {
-    assert!(count(report, key) >= n, "{key} under {n} in {report}");
-}
-
-/// The counts `keys` add up to exactly `n`.
-fn sum(report: &Value, keys: &[&str], n: u64) {
-    let total: u64 = keys.iter().map(|key| count(report, key)).sum();
-    assert_eq!(total, n, "{keys:?} add up to {total}, not {n}: {report}");
 }
 
 /// No counted round trip was faster than the adversary allows.

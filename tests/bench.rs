@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use common::report::report_of;
 use common::{STEP, Server};
-use serde_json::Value;
 
 /// Runs `minetd-client bench ARGS`, failing the test if it outlives `limit`.
 fn bench(args: &[&str], limit: Duration) -> Output {
@@ -26,17 +26,6 @@ fn bench(args: &[&str], limit: Duration) -> Output {
         .spawn()
         .expect("spawn minetd-client");
     common::output_within(child, limit)
-}
-
-/// The JSON report on stdout.
-fn report_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not JSON ({err}): {:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 /// A threaded echo server on loopback port 0 whose connections are handed

@@ -8,29 +8,18 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::report::{client, report_of};
 use common::{STEP, Server};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use serde_json::Value;
-
-/// Runs `minetd-client ARGS`, failing the test if it outlives `limit`.
-fn client(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(common::client_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn minetd-client");
-    common::output_within(child, limit)
-}
 
 /// Runs `minetd-client bench ARGS`.
 fn bench(args: &[&str], limit: Duration) -> Output {
@@ -41,17 +30,6 @@ fn bench(args: &[&str], limit: Duration) -> Output {
 
 fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// The JSON report on stdout.
-fn report_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not JSON ({err}): {:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr_of(output)
-        )
-    })
 }
 
 fn assert_success(output: &Output) {

@@ -12,10 +12,11 @@ mod common;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::report::{at_least, at_most, client, count, counts, report_of, sum};
 use common::{STEP, Server};
 use serde_json::Value;
 
@@ -297,17 +298,6 @@ fn bench(addr: SocketAddr, args: &[&str], bound: f64) -> (Value, Option<i32>, f6
     (report, output.status.code(), elapsed)
 }
 
-/// The JSON report on stdout.
-fn report_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not JSON ({err}): {:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
 /// Binds a UDP socket on loopback port 0 and runs `server` on it in a
 /// thread of its own (left to end with the test binary).
 fn serve(server: fn(UdpSocket)) -> SocketAddr {
@@ -315,33 +305,6 @@ fn serve(server: fn(UdpSocket)) -> SocketAddr {
     let addr = socket.local_addr().expect("local addr");
     thread::spawn(move || server(socket));
     addr
-}
-
-fn count(report: &Value, key: &str) -> u64 {
-    report[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no count {key:?} in {report}"))
-}
-
-/// Each `(key, n)`: the report's `key` is exactly `n`.
-fn counts(report: &Value, expected: &[(&str, u64)]) {
-    for &(key, n) in expected {
-        assert_eq!(count(report, key), n, "{key} in {report}");
-    }
-}
-
-fn at_least(report: &Value, key: &str, n: u64) {
-    assert!(count(report, key) >= n, "{key} under {n} in {report}");
-}
-
-fn at_most(report: &Value, key: &str, n: u64) {
-    assert!(count(report, key) <= n, "{key} over {n} in {report}");
-}
-
-/// The counts `keys` add up to exactly `n`.
-fn sum(report: &Value, keys: &[&str], n: u64) {
-    let total: u64 = keys.iter().map(|key| count(report, key)).sum();
-    assert_eq!(total, n, "{keys:?} add up to {total}, not {n}: {report}");
 }
 
 // The adversaries. Each gets every datagram (the bench's probe too, from a
@@ -436,18 +399,6 @@ fn slow_echo(socket: UdpSocket) {
 }
 
 // Against the real server, and the command line.
-
-/// Runs `minetd-client ARGS`, failing the test if it outlives `limit`.
-fn client(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(common::client_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn minetd-client");
-    common::output_within(child, limit)
-}
 
 fn udp_echo_server() -> (Server, String) {
     let server = Server::start(&["--udp-echo", "127.0.0.1:0"]);
