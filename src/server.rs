@@ -374,9 +374,7 @@ impl Server {
     /// The counters as Prometheus's text exposition, as `--metrics` serves
     /// them: for an embedder that serves them its own way.
     pub fn metrics_text(&self) -> String {
-        let mut text = String::new();
-        crate::metrics::write_exposition(&mut text, &self.core.snapshot(), &self.core.gauges());
-        text
+        self.core.exposition()
     }
 
     /// Open connections right now.

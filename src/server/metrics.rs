@@ -14,7 +14,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, trace};
 use mio::net::{TcpListener, TcpStream};
@@ -416,31 +416,42 @@ fn answer(status: Status, close_after: bool, render: &mut impl FnMut(&mut Vec<u8
 impl super::Core {
     /// A metrics connection is ready: answer what it asks.
     pub(super) fn scrape(&mut self, registry: &Registry, token: Token, now: Instant) {
-        let gauges = self.gauges();
-        let stats = self.snapshot();
+        // The exposition is written only when a request asks for it: most
+        // events (accepts, pieces of a request) need none.
+        let (stats, budget, started) = (&self.stats, &self.budget, self.started);
+        let render = |out: &mut Vec<u8>| {
+            out.extend_from_slice(exposition(stats, budget, started).as_bytes());
+        };
         self.exporter
-            .on_event(registry, token, now, &self.budget, |out: &mut Vec<u8>| {
-                let mut text = String::new();
-                crate::metrics::write_exposition(&mut text, &stats, &gauges);
-                out.extend_from_slice(text.as_bytes());
-            });
+            .on_event(registry, token, now, &self.budget, render);
     }
 
     /// The counters as they stand, with what the budget counted.
     pub(super) fn snapshot(&self) -> Stats {
-        let mut stats = self.stats.clone();
-        stats.reads_held_back = self.budget.held_back();
-        stats
+        snapshot(&self.stats, &self.budget)
     }
 
-    /// The gauges the exposition shows beside the counters.
-    pub(super) fn gauges(&self) -> crate::metrics::Gauges {
-        crate::metrics::Gauges {
-            buffered: self.budget.used(),
-            max_buffered: self.budget.limit(),
-            started: self.started,
-        }
+    /// The exposition as a scrape would see it now.
+    pub(super) fn exposition(&self) -> String {
+        exposition(&self.stats, &self.budget, self.started)
     }
+}
+
+fn snapshot(stats: &Stats, budget: &Budget) -> Stats {
+    let mut snapshot = stats.clone();
+    snapshot.reads_held_back = budget.held_back();
+    snapshot
+}
+
+fn exposition(stats: &Stats, budget: &Budget, started: SystemTime) -> String {
+    let gauges = crate::metrics::Gauges {
+        buffered: budget.used(),
+        max_buffered: budget.limit(),
+        started,
+    };
+    let mut text = String::new();
+    crate::metrics::write_exposition(&mut text, &snapshot(stats, budget), &gauges);
+    text
 }
 
 #[cfg(test)]
