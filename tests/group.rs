@@ -206,26 +206,13 @@ fn group_handover_inside_a_namespace() {
 /// Runs the group test in a new network namespace with
 /// `net.ipv4.tcp_migrate_req` at `migrate`; returns its figures line.
 fn handover_in_a_namespace(migrate: u8) -> String {
-    let me = std::env::current_exe().expect("test binary");
     // lo starts down in a new namespace; the sysctl is set there only.
-    let script = format!(
-        "ip link set lo up && echo {migrate} > /proc/sys/net/ipv4/tcp_migrate_req && \
-         exec \"$0\" --exact group_handover_inside_a_namespace --ignored --nocapture"
-    );
-    let child = Command::new("unshare")
-        .args(["--net", "sh", "-c", &script])
-        .arg(&me)
-        .env(IN_NAMESPACE, migrate.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn unshare");
-    let output = common::output_within(child, 6 * STEP);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "inside the namespace, tcp_migrate_req={migrate}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let setup = format!("ip link set lo up && echo {migrate} > /proc/sys/net/ipv4/tcp_migrate_req");
+    let migrating = migrate.to_string();
+    let stdout = common::run_in_new_netns(
+        &setup,
+        "group_handover_inside_a_namespace",
+        (IN_NAMESPACE, &migrating),
     );
     let figures = stdout.lines().find(|l| l.starts_with("handover:"));
     format!("tcp_migrate_req={migrate}: {}", figures.unwrap_or_default())
@@ -237,9 +224,7 @@ fn handover_in_a_namespace(migrate: u8) -> String {
 /// burst are reset here), and no client queued may fail.
 #[test]
 fn stopping_one_of_a_group_loses_no_client() {
-    let probe = Command::new("unshare").args(["--net", "true"]).output();
-    if !probe.is_ok_and(|out| out.status.success()) {
-        eprintln!("skipped: cannot make a network namespace here (unshare --net)");
+    if !common::can_unshare_net() {
         return;
     }
     for migrate in [1, 0] {

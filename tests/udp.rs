@@ -8,7 +8,6 @@ mod common;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{STEP, Server};
@@ -198,34 +197,20 @@ fn ipv6_wildcard_inside_a_namespace() {
 
 #[test]
 fn ipv6_wildcard_answers_from_each_address_asked() {
-    let probe = Command::new("unshare").args(["--net", "true"]).output();
-    if !probe.is_ok_and(|out| out.status.success()) {
-        eprintln!("skipped: cannot make a network namespace here (unshare --net)");
+    if !common::can_unshare_net() {
         return;
     }
-    let me = std::env::current_exe().expect("test binary");
     // `nodad`: without it the addresses stay tentative (unusable) for a
     // second or so while duplicate address detection runs.
-    let script = format!(
+    let setup = format!(
         "ip link set lo up && ip -6 addr add {}/128 dev lo nodad && \
-         ip -6 addr add {}/128 dev lo nodad && \
-         exec \"$0\" --exact ipv6_wildcard_inside_a_namespace --ignored --nocapture",
+         ip -6 addr add {}/128 dev lo nodad",
         LAB_V6[0], LAB_V6[1]
     );
-    let child = Command::new("unshare")
-        .args(["--net", "sh", "-c", &script])
-        .arg(&me)
-        .env(IN_NAMESPACE, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn unshare");
-    let output = common::output_within(child, 6 * STEP);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "inside the namespace:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    common::run_in_new_netns(
+        &setup,
+        "ipv6_wildcard_inside_a_namespace",
+        (IN_NAMESPACE, "1"),
     );
 }
 

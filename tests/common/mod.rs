@@ -509,3 +509,38 @@ pub fn report_runs(runs: Vec<(&str, thread::JoinHandle<f64>)>) {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+/// Whether this machine lets a test make a network namespace; says why
+/// the test is skipped when not.
+pub fn can_unshare_net() -> bool {
+    let probe = Command::new("unshare").args(["--net", "true"]).output();
+    let can = probe.is_ok_and(|out| out.status.success());
+    if !can {
+        eprintln!("skipped: cannot make a network namespace here (unshare --net)");
+    }
+    can
+}
+
+/// Runs the ignored test `inner` of this test binary again inside a new
+/// network namespace, after `setup` (a shell command list, run there
+/// first), with `env` set; fails unless it passed, and returns its stdout.
+pub fn run_in_new_netns(setup: &str, inner: &str, env: (&str, &str)) -> String {
+    let me = std::env::current_exe().expect("test binary");
+    let script = format!("{setup} && exec \"$0\" --exact {inner} --ignored --nocapture");
+    let child = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .arg(&me)
+        .env(env.0, env.1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn unshare");
+    let output = output_within(child, 6 * STEP);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{inner} inside the namespace:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
