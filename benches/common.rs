@@ -160,3 +160,18 @@ pub fn pattern(len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The median of the finite `values`, `None` if there is none.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::Cell;
+use crate::common::median;
 use crate::servers::Kind;
 
 /// One run of one server at one cell.
@@ -30,20 +31,6 @@ pub struct CellResults<'a> {
     pub cell: Cell,
     pub servers: &'a [Kind],
     pub runs: Vec<Vec<Option<Run>>>,
-}
-
-pub fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    })
 }
 
 impl CellResults<'_> {
