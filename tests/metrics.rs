@@ -373,6 +373,17 @@ fn hostile_scrapers_are_closed_and_disturb_no_one() {
     assert_eq!(read_response(&mut first).0, "HTTP/1.1 200 OK");
     echo_once(3);
 
+    // A scraper that pipelines request after request and never reads the
+    // answers: they back up until it is closed, like any other scraper
+    // that stops, by the request deadline (checked after the trickle).
+    let flood = connect(metrics);
+    let mut flood_reader = flood.try_clone().expect("clone");
+    let flooding = thread::spawn(move || {
+        let mut flood = flood;
+        // Blocks once the server stops reading; ends when it closes.
+        let _ = flood.write_all(&b"GET /metrics HTTP/1.1\r\n\r\n".repeat(4000));
+    });
+
     // A trickle that never completes a request: closed at the 5 s
     // deadline, while the echo peer goes on being served.
     let started = Instant::now();
@@ -415,6 +426,13 @@ fn hostile_scrapers_are_closed_and_disturb_no_one() {
         waited >= Duration::from_millis(4800) && waited < Duration::from_secs(7),
         "closed after {waited:?}"
     );
+    let answers = read_until_closed(&mut flood_reader);
+    assert!(
+        answers.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "the flood got no answer"
+    );
+    flooding.join().expect("flood writer");
+    echo_once(4);
     // None of it counted as echo's.
     let got = scrape(metrics);
     assert_eq!(
