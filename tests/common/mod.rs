@@ -430,9 +430,17 @@ pub const HOSTILE_BYTES: usize = 128 * 1024;
 /// read, and returns once the server has stopped taking their bytes (every
 /// peer wrote its share, or all were refused for a while).
 pub fn flood_with_non_readers(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
-    let mut peers: Vec<(TcpStream, usize)> = (0..count)
-        .map(|_| {
-            let stream = connect_as_remote_peer(addr);
+    let peers = (0..count).map(|_| connect_as_remote_peer(addr)).collect();
+    write_until_held(peers, HOSTILE_BYTES)
+}
+
+/// Makes each of `peers` write up to `each` bytes without ever reading,
+/// and returns them once the server has stopped taking their bytes: every
+/// peer wrote its share, or none could write for a while.
+pub fn write_until_held(peers: Vec<TcpStream>, each: usize) -> Vec<TcpStream> {
+    let mut peers: Vec<(TcpStream, usize)> = peers
+        .into_iter()
+        .map(|stream| {
             stream.set_nonblocking(true).expect("nonblocking");
             (stream, 0)
         })
@@ -445,19 +453,19 @@ pub fn flood_with_non_readers(addr: SocketAddr, count: usize) -> Vec<TcpStream> 
     while idle_passes < 5 {
         let mut progress = false;
         for (stream, written) in &mut peers {
-            while *written < HOSTILE_BYTES {
-                let n = chunk.len().min(HOSTILE_BYTES - *written);
+            while *written < each {
+                let n = chunk.len().min(each - *written);
                 match stream.write(&chunk[..n]) {
                     Ok(sent) => {
                         *written += sent;
                         progress = true;
                     }
                     Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                    Err(err) => panic!("hostile writer: {err}"),
+                    Err(err) => panic!("non-reader: {err}"),
                 }
             }
         }
-        if peers.iter().all(|(_, written)| *written == HOSTILE_BYTES) {
+        if peers.iter().all(|(_, written)| *written == each) {
             break;
         }
         idle_passes = if progress { 0 } else { idle_passes + 1 };

@@ -8,14 +8,20 @@ use serde_json::Value;
 
 /// Runs `minetd-client ARGS`, failing the test if it outlives `limit`.
 pub fn client(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(super::client_bin())
+    let child = client_command(args).spawn().expect("spawn minetd-client");
+    super::output_within(child, limit)
+}
+
+/// `minetd-client ARGS` with no input and its output piped, for a caller
+/// that has more to set (where it runs) before spawning it.
+pub fn client_command(args: &[&str]) -> Command {
+    let mut command = Command::new(super::client_bin());
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn minetd-client");
-    super::output_within(child, limit)
+        .stderr(Stdio::piped());
+    command
 }
 
 /// The JSON report on stdout.

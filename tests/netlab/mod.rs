@@ -122,6 +122,17 @@ fn run_in(ns: &File, program: &str, args: &[&str], input: &str) -> Result<(), St
     Ok(())
 }
 
+/// What `program args`, run in `ns`, prints on stdout.
+fn output_in(ns: &File, program: &str, args: &[&str]) -> String {
+    let mut command = Command::new(program);
+    command.args(args);
+    inside(&mut command, ns);
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{program}: {err}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 impl Lab {
     /// Builds the lab, or says why this machine cannot (no permission to
     /// make namespaces, a tool missing): the caller skips with that reason.
@@ -203,24 +214,33 @@ impl Lab {
             )?;
         }
         if let Some(percent) = shape.loss_to_client_percent {
-            // Dropped as it arrives at the client, after the server's stack
-            // sent it: to the server it is lost on the wire and must be
-            // retransmitted (a drop in the sender's own output hook would
-            // only make its send fail and be retried, no loss at all).
-            // Only packets that carry data (over 100 bytes: no IP and TCP
-            // header with options reaches that), so that each drop is a
-            // segment the server must send again; counted, so that a test
-            // can tell real losses from Linux's tail-loss probes, which
-            // count as retransmissions too.
-            let rules = format!(
-                "table inet lab {{\n  chain loss {{\n    \
-                 type filter hook prerouting priority raw; policy accept;\n    \
-                 iifname \"veth-c\" ip length > 100 numgen random mod 100 < {percent} \
-                 counter drop\n  }}\n}}\n"
-            );
-            run_in(client, "nft", &["-f", "-"], &rules)?;
+            self.lose_to_client(percent)?;
         }
         Ok(())
+    }
+
+    /// Drops `percent` of the data packets on their way to the client from
+    /// now on, replacing any loss rule before (0 makes the link lossless
+    /// again; the counter starts over).
+    pub fn lose_to_client(&self, percent: u32) -> Result<(), String> {
+        // Dropped as it arrives at the client, after the server's stack
+        // sent it: to the server it is lost on the wire and must be
+        // retransmitted (a drop in the sender's own output hook would only
+        // make its send fail and be retried, no loss at all). Only packets
+        // that carry data (over 100 bytes: no IP and TCP header with
+        // options reaches that), so that each drop is a segment the server
+        // must send again; counted, so that a test can tell real losses
+        // from Linux's tail-loss probes, which count as retransmissions
+        // too. The table is declared, deleted and made again in one
+        // transaction: nft's way to replace what may not exist yet.
+        let rules = format!(
+            "table inet lab\ndelete table inet lab\n\
+             table inet lab {{\n  chain loss {{\n    \
+             type filter hook prerouting priority raw; policy accept;\n    \
+             iifname \"veth-c\" ip length > 100 numgen random mod 100 < {percent} \
+             counter drop\n  }}\n}}\n"
+        );
+        run_in(&self.client_host, "nft", &["-f", "-"], &rules)
     }
 
     /// The server's address for a port on the link.
@@ -241,11 +261,11 @@ impl Lab {
     /// How often the server's shaper held a packet back for want of
     /// tokens (tbf's `overlimits`): above 0, the rate limit was binding.
     pub fn shaper_overlimits(&self) -> u64 {
-        let mut command = Command::new("tc");
-        command.args(["-s", "qdisc", "show", "dev", "veth-s"]);
-        inside(&mut command, &self.server_host);
-        let output = command.output().expect("tc -s qdisc");
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = output_in(
+            &self.server_host,
+            "tc",
+            &["-s", "qdisc", "show", "dev", "veth-s"],
+        );
         text.split(", ")
             .find_map(|part| part.strip_prefix("overlimits "))
             .and_then(|rest| rest.split(' ').next()?.parse().ok())
@@ -254,15 +274,35 @@ impl Lab {
 
     /// Packets the loss rule has dropped so far on their way to the client.
     pub fn dropped_to_client(&self) -> u64 {
-        let mut command = Command::new("nft");
-        command.args(["list", "chain", "inet", "lab", "loss"]);
-        inside(&mut command, &self.client_host);
-        let output = command.output().expect("nft list chain");
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = output_in(
+            &self.client_host,
+            "nft",
+            &["list", "chain", "inet", "lab", "loss"],
+        );
         text.split("counter packets ")
             .nth(1)
             .and_then(|rest| rest.split(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no counter in {text}"))
+    }
+
+    /// Segments the server host's TCP has sent again so far, for every
+    /// reason (`RetransSegs`: retransmissions and tail-loss probes): each
+    /// data packet lost on the way to the client is among them, whether it
+    /// was resent before or after its connection was closed.
+    pub fn server_retransmitted_segments(&self) -> u64 {
+        // /proc/net is the namespace of whoever reads it.
+        let text = output_in(&self.server_host, "cat", &["/proc/net/snmp"]);
+        let mut tcp = text.lines().filter(|line| line.starts_with("Tcp: "));
+        let (names, values) = (tcp.next(), tcp.next());
+        let (Some(names), Some(values)) = (names, values) else {
+            panic!("no Tcp lines in {text}")
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "RetransSegs")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or_else(|| panic!("no RetransSegs in {text}"))
     }
 
     /// Runs `work` on a new thread that has joined the client host, so the
