@@ -13,13 +13,16 @@
 #   veth-s 198.18.0.1/24  <-- MTU 1500 -->  veth-c 198.18.0.2/24
 #   [tbf 100 Mbit on veth-s egress in the "tbf" runs]
 #
-# Usage (root; needs unshare, nsenter, ip, tc, taskset, jq; release builds):
+# Usage (root; needs unshare, nsenter, ip, tc, taskset, jq, and nft for
+# "loss"; release builds):
 #   cargo build --release --bins && benches/lab.sh
 # Environment: LAB_SECS (5) per run, LAB_ROUNDS (3), LAB_CELLS
 # ("64x100 64x1000 512x1000", SIZExCONNECTIONS as in cargo bench --bench echo),
 # LAB_LINKS ("loopback veth tbf"; also "veth-gso": the link with segmentation
 # offload on, 64 KiB packets crossing it as a NIC with TSO and GRO would
-# pass them, so that what segmentation costs shows apart).
+# pass them, so that what segmentation costs shows apart; and "loss": the
+# link dropping LAB_LOSS (1) percent of the server's data packets at random
+# as they reach the client, by nftables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +30,7 @@ secs=${LAB_SECS:-5}
 rounds=${LAB_ROUNDS:-3}
 cells=${LAB_CELLS:-64x100 64x1000 512x1000}
 links=${LAB_LINKS:-loopback veth tbf}
+loss=${LAB_LOSS:-1}
 server=$PWD/target/release/minetd
 client=$PWD/target/release/minetd-client
 
@@ -89,6 +93,16 @@ run() {
         loopback) host=127.0.0.1 via=() ;;
         tbf) tc qdisc replace dev veth-s root tbf rate 100mbit burst 64kb latency 20ms ;;
         veth-gso) offload 65536 65535 ;;
+        # Data packets only (over 100 bytes), as tests/netlab does.
+        loss) on_client nft -f - <<EOF
+table inet lab {
+  chain loss {
+    type filter hook prerouting priority raw; policy accept;
+    iifname "veth-c" ip length > 100 numgen random mod 100 < $loss drop
+  }
+}
+EOF
+        ;;
     esac
     [ "$link" = tbf ] || tc qdisc del dev veth-s root 2>/dev/null || true
     taskset -c 0 "$server" --echo "$host:0" >"$work/listening" 2>/dev/null &
@@ -110,6 +124,7 @@ run() {
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$server_pid/status")
     kill "$server_pid"
     [ "$link" = veth-gso ] && offload 1500 1
+    [ "$link" = loss ] && on_client nft delete table inet lab
     wait "$server_pid" 2>/dev/null || true
     server_pid=
     local hz
