@@ -59,6 +59,7 @@ fn a_thousand_non_readers_stay_within_the_budget_while_a_reader_is_served() {
     );
     let stderr = server.stderr_lines();
     let (grown, _hostile) = hostile_case(&mut server, 1_000);
+    println!("RSS grew {grown} KiB with 1,000 non-readers and --max-buffered 8 MiB");
     assert!(
         budget_warning_seen(&stderr),
         "the hostile peers never filled the budget: the test proves nothing"
