@@ -11,7 +11,7 @@ mod common;
 mod netlab;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{STEP, Server, pseudo_random_bytes, report};
-use netlab::{CLIENT_IP, Lab, MSS, SERVER_IP, Shape};
+use netlab::{CLIENT_IP, Lab, MSS, SERVER_IP, Shape, echo_in_bursts};
 use serde_json::Value;
 
 /// What each peer of the echo tests sends: enough for hundreds of
@@ -77,39 +77,6 @@ fn mss(stream: &TcpStream) -> u32 {
 /// Connects `count` peers from the client host, with timeouts.
 fn connect_peers(lab: &Lab, addr: SocketAddr, count: usize) -> Vec<TcpStream> {
     lab.on_client_host(|| (0..count).map(|_| common::connect(addr)).collect())
-}
-
-/// Sends `message` in bursts of seeded random sizes (1 B to 128 KiB, each
-/// written whole, with a pause now and then) while another thread reads
-/// whatever comes back; then half-closes and reads to EOF. Returns what
-/// came back.
-fn echo_in_bursts(stream: TcpStream, message: &[u8], seed: u64) -> Vec<u8> {
-    let mut reader = stream.try_clone().expect("clone");
-    thread::scope(|scope| {
-        let back = scope.spawn(move || {
-            let mut back = Vec::with_capacity(message.len());
-            reader.read_to_end(&mut back).expect("read the echo to EOF");
-            back
-        });
-        let mut writer = stream;
-        let mut state = seed | 1;
-        let mut sent = 0;
-        while sent < message.len() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let burst = (state as usize % (128 * 1024) + 1).min(message.len() - sent);
-            writer
-                .write_all(&message[sent..sent + burst])
-                .expect("write a burst");
-            sent += burst;
-            if state % 4 == 0 {
-                thread::sleep(Duration::from_millis(1));
-            }
-        }
-        writer.shutdown(Shutdown::Write).expect("half-close");
-        back.join().expect("reader")
-    })
 }
 
 /// Each of `peers` peers on the client host sends a MiB of its own seeded

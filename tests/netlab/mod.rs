@@ -23,15 +23,23 @@
 //! made on a thread that has joined the client host. Dropping the `Lab`
 //! closes the descriptors; the kernel frees each namespace, and the veth
 //! pair with it, once nothing uses it any more.
+//!
+//! [`chain`] puts a third host, a balancer, between the two; both labs
+//! share the helpers here, and [`echo_in_bursts`] is the traffic their
+//! echo tests send.
 #![allow(dead_code)]
 
+pub mod chain;
+
 use std::fs::File;
-use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
 /// The server host's address on the link.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -133,6 +141,69 @@ fn output_in(ns: &File, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// One end of a veth pair: the namespace it is in, its name there and
+/// its address (a /24).
+type End<'a> = (&'a File, &'a str, Ipv4Addr);
+
+/// Joins two namespaces with a veth pair of Ethernet's MTU, segmentation
+/// offload capped at one MTU, each end addressed and up.
+fn veth(a: End, b: End) -> Result<(), String> {
+    let ((a_host, a_dev, _), (b_host, b_dev, _)) = (a, b);
+    // `ip` opens a path with a slash as the namespace to move the peer
+    // into: our own descriptor, through /proc.
+    let b_path = format!("/proc/{}/fd/{}", std::process::id(), b_host.as_raw_fd());
+    let mtu = MTU.to_string();
+    run_in(
+        a_host,
+        "ip",
+        &[
+            "link", "add", a_dev, "mtu", &mtu, "type", "veth", "peer", "name", b_dev, "mtu", &mtu,
+            "netns", &b_path,
+        ],
+        "",
+    )?;
+    for (ns, dev, ip) in [a, b] {
+        // One segment per packet: no 64 KiB GSO packets on the link.
+        let one_mtu = [
+            "link",
+            "set",
+            dev,
+            "gso_max_size",
+            &mtu,
+            "gso_max_segs",
+            "1",
+        ];
+        run_in(ns, "ip", &one_mtu, "")?;
+        run_in(
+            ns,
+            "ip",
+            &["addr", "add", &format!("{ip}/24"), "dev", dev],
+            "",
+        )?;
+        run_in(ns, "ip", &["link", "set", dev, "up"], "")?;
+    }
+    Ok(())
+}
+
+/// Runs `work` on a new thread that has joined the namespace `ns`, so the
+/// sockets it makes are that host's (they stay there whatever thread uses
+/// them afterwards).
+fn on_host<T: Send>(ns: &File, work: impl FnOnce() -> T + Send) -> T {
+    let fd = ns.as_raw_fd();
+    thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns(2) on this new thread only; `fd` is the
+                // caller's, open for the scope.
+                let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+                work()
+            })
+            .join()
+            .expect("host thread")
+    })
+}
+
 impl Lab {
     /// Builds the lab, or says why this machine cannot (no permission to
     /// make namespaces, a tool missing): the caller skips with that reason.
@@ -151,53 +222,9 @@ impl Lab {
 
     fn wire(&self, shape: Shape) -> Result<(), String> {
         let (server, client) = (&self.server_host, &self.client_host);
-        // `ip` opens a path with a slash as the namespace to move the peer
-        // into: our own descriptor, through /proc.
-        let client_path = format!("/proc/{}/fd/{}", std::process::id(), client.as_raw_fd());
-        let mtu = MTU.to_string();
         run_in(server, "ip", &["link", "set", "lo", "up"], "")?;
         run_in(client, "ip", &["link", "set", "lo", "up"], "")?;
-        run_in(
-            server,
-            "ip",
-            &[
-                "link",
-                "add",
-                "veth-s",
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "veth-c",
-                "mtu",
-                &mtu,
-                "netns",
-                &client_path,
-            ],
-            "",
-        )?;
-        for (ns, dev, ip) in [(server, "veth-s", SERVER_IP), (client, "veth-c", CLIENT_IP)] {
-            // One segment per packet: no 64 KiB GSO packets on the link.
-            let one_mtu = [
-                "link",
-                "set",
-                dev,
-                "gso_max_size",
-                &mtu,
-                "gso_max_segs",
-                "1",
-            ];
-            run_in(ns, "ip", &one_mtu, "")?;
-            run_in(
-                ns,
-                "ip",
-                &["addr", "add", &format!("{ip}/24"), "dev", dev],
-                "",
-            )?;
-            run_in(ns, "ip", &["link", "set", dev, "up"], "")?;
-        }
+        veth((server, "veth-s", SERVER_IP), (client, "veth-c", CLIENT_IP))?;
         if let Some(mbit) = shape.rate_mbit {
             // A burst of 64 KiB and room for 50 ms of queue (about 690 KB
             // at 100 Mbit/s), more than the tests keep in flight, so the
@@ -309,18 +336,75 @@ impl Lab {
     /// sockets it makes are the client host's (they stay there whatever
     /// thread uses them afterwards).
     pub fn on_client_host<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
-        let fd = self.client_host.as_raw_fd();
-        thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    // SAFETY: setns(2) on this new thread only; `fd` is the
-                    // Lab's, open for the scope.
-                    let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
-                    work()
-                })
-                .join()
-                .expect("client host thread")
-        })
+        on_host(&self.client_host, work)
     }
+}
+
+/// When a peer of [`echo_in_bursts_then`] ends its sending side.
+#[derive(Clone, Copy, Debug)]
+pub enum HalfClose {
+    /// Right after its last byte, with echo still owed to it: the server
+    /// must flush what it owes, then close.
+    AfterSending,
+    /// Once every byte has come back, for a path through a balancer:
+    /// HAProxy 2.6.12 (Debian 12's) has been seen, on a loaded machine, to
+    /// end a client's stream early when the client half-closed with bytes
+    /// in flight: the backend got the FIN some 20 KiB short of what was
+    /// sent, HAProxy logged a normal end, and the client was reset.
+    AfterEcho,
+}
+
+/// Sends `message` in bursts of seeded random sizes (1 B to 128 KiB, each
+/// written whole, with a pause now and then) while another thread reads
+/// whatever comes back; then half-closes and reads to EOF. Returns what
+/// came back.
+pub fn echo_in_bursts(stream: TcpStream, message: &[u8], seed: u64) -> Vec<u8> {
+    echo_in_bursts_then(stream, message, seed, HalfClose::AfterSending)
+}
+
+/// [`echo_in_bursts`], half-closing when `half_close` says.
+pub fn echo_in_bursts_then(
+    stream: TcpStream,
+    message: &[u8],
+    seed: u64,
+    half_close: HalfClose,
+) -> Vec<u8> {
+    let mut reader = stream.try_clone().expect("clone");
+    let (echoed, all_back) = mpsc::channel();
+    thread::scope(|scope| {
+        let back = scope.spawn(move || {
+            let mut back = Vec::with_capacity(message.len());
+            if let HalfClose::AfterEcho = half_close {
+                (&mut reader)
+                    .take(message.len() as u64)
+                    .read_to_end(&mut back)
+                    .expect("read the echo");
+                let _ = echoed.send(());
+            }
+            reader.read_to_end(&mut back).expect("read the echo to EOF");
+            back
+        });
+        let mut writer = stream;
+        let mut state = seed | 1;
+        let mut sent = 0;
+        while sent < message.len() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let burst = (state as usize % (128 * 1024) + 1).min(message.len() - sent);
+            writer
+                .write_all(&message[sent..sent + burst])
+                .expect("write a burst");
+            sent += burst;
+            if state % 4 == 0 {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if let HalfClose::AfterEcho = half_close {
+            // Err: the reader ended early, and its length check will say so.
+            let _ = all_back.recv();
+        }
+        writer.shutdown(Shutdown::Write).expect("half-close");
+        back.join().expect("reader")
+    })
 }
