@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{STEP, Server, pseudo_random_bytes, report};
-use netlab::{CLIENT_IP, Lab, MSS, SERVER_IP, Shape, echo_in_bursts};
+use netlab::{CLIENT_IP, HalfClose, Lab, MSS, SERVER_IP, Shape, echo_in_bursts, every_echo_exact};
 use serde_json::Value;
 
 /// What each peer of the echo tests sends: enough for hundreds of
@@ -88,26 +88,7 @@ fn every_byte_back(lab: &Lab, addr: SocketAddr, peers: usize) {
         // loopback's 64 KiB.
         assert_eq!(mss(stream), MSS, "not a real link");
     }
-    thread::scope(|scope| {
-        let runs: Vec<_> = streams
-            .into_iter()
-            .enumerate()
-            .map(|(n, stream)| {
-                scope.spawn(move || {
-                    let seed = 0x1ab + n as u64;
-                    let message = pseudo_random_bytes(MEBIBYTE, seed);
-                    let back = echo_in_bursts(stream, &message, seed);
-                    assert_eq!(back.len(), message.len(), "peer {n}: length");
-                    // Not assert_eq!: a MiB of bytes in a message helps no one.
-                    let first = back.iter().zip(&message).position(|(a, b)| a != b);
-                    assert_eq!(first, None, "peer {n}: first differing byte");
-                })
-            })
-            .collect();
-        for run in runs {
-            run.join().expect("peer");
-        }
-    });
+    every_echo_exact(streams, MEBIBYTE, 0x1ab, HalfClose::AfterSending);
 }
 
 /// What a TCP close line says: bytes in and out, the kernel's smoothed

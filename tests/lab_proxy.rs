@@ -27,9 +27,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::report::{at_least, counts, report_of};
-use common::{STEP, Server, pseudo_random_bytes, read_to_eof};
+use common::{STEP, Server, read_to_eof};
 use netlab::chain::{BALANCER_IP, CLIENT_IP, Chain, FRONT_IP, Host, SERVER_IP};
-use netlab::{HalfClose, MSS, echo_in_bursts_then};
+use netlab::{HalfClose, MSS, every_echo_exact};
 
 /// Where HAProxy listens for clients. The balancer host is the test's
 /// own namespace, so nothing else can hold the port.
@@ -305,25 +305,7 @@ fn every_byte_comes_back_through_haproxy_and_backends_log_the_real_clients() {
     }
     // Each client half-closes once all its bytes are back (see
     // `HalfClose::AfterEcho` for why not sooner through HAProxy).
-    thread::scope(|scope| {
-        let runs: Vec<_> = streams
-            .into_iter()
-            .enumerate()
-            .map(|(n, stream)| {
-                scope.spawn(move || {
-                    let seed = 0x9a0 + n as u64;
-                    let message = pseudo_random_bytes(MESSAGE_LEN, seed);
-                    let back = echo_in_bursts_then(stream, &message, seed, HalfClose::AfterEcho);
-                    assert_eq!(back.len(), message.len(), "client {n}: length");
-                    let first = back.iter().zip(&message).position(|(a, b)| a != b);
-                    assert_eq!(first, None, "client {n}: first differing byte");
-                })
-            })
-            .collect();
-        for run in runs {
-            run.join().expect("client");
-        }
-    });
+    every_echo_exact(streams, MESSAGE_LEN, 0x9a0, HalfClose::AfterEcho);
     // The close lines name the client too, and count the data alone: the
     // header is not echo data.
     for (backend, served) in lab.backends.iter().zip(&relayed) {

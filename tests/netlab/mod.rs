@@ -41,6 +41,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use crate::common::pseudo_random_bytes;
+
 /// The server host's address on the link.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The client host's address on the link.
@@ -360,6 +362,32 @@ pub enum HalfClose {
 /// came back.
 pub fn echo_in_bursts(stream: TcpStream, message: &[u8], seed: u64) -> Vec<u8> {
     echo_in_bursts_then(stream, message, seed, HalfClose::AfterSending)
+}
+
+/// Each of `streams` sends `len` bytes of its own seeded random data (seed
+/// `seed + n` for the n-th) with [`echo_in_bursts_then`], all at once, and
+/// must get every byte back in order.
+pub fn every_echo_exact(streams: Vec<TcpStream>, len: usize, seed: u64, half_close: HalfClose) {
+    thread::scope(|scope| {
+        let runs: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(n, stream)| {
+                scope.spawn(move || {
+                    let seed = seed + n as u64;
+                    let message = pseudo_random_bytes(len, seed);
+                    let back = echo_in_bursts_then(stream, &message, seed, half_close);
+                    assert_eq!(back.len(), message.len(), "peer {n}: length");
+                    // Not assert_eq!: a MiB of bytes in a message helps no one.
+                    let first = back.iter().zip(&message).position(|(a, b)| a != b);
+                    assert_eq!(first, None, "peer {n}: first differing byte");
+                })
+            })
+            .collect();
+        for run in runs {
+            run.join().expect("peer");
+        }
+    });
 }
 
 /// [`echo_in_bursts`], half-closing when `half_close` says.
