@@ -104,6 +104,14 @@ impl Worker {
         let mut published = (tally.round_trips, tally.mismatches, tally.errors);
         // The first look does not wait: echoes may be in already.
         let mut wake = Instant::now();
+        // Where a pass over the ready connections starts: at the first one
+        // the last pass found still waiting, whose message is about the
+        // oldest in flight. Echoes come back about in the order they were
+        // sent, so this serves them about first come, first served, as
+        // reading in turn did; always starting at the first connection
+        // would make those late in a pass wait a pass more, widening the
+        // latency distribution (p99 up a fifth on loopback).
+        let mut start = 0;
         while in_flight > 0 {
             let (by, timeout) = (self.limits.by, self.limits.timeout);
             let past_end = Instant::now() >= by;
@@ -125,7 +133,9 @@ impl Worker {
             let now = Instant::now();
             let sending = send_until.is_some_and(|until| now < until) && !self.shared.stopping();
             wake = by;
-            for (i, fd) in fds.iter_mut().enumerate() {
+            let mut oldest = None;
+            for i in (start..fds.len()).chain(0..start) {
+                let fd = &mut fds[i];
                 if fd.fd < 0 {
                     continue;
                 }
@@ -151,11 +161,15 @@ impl Worker {
                 }
                 if conn.in_flight() {
                     wake = wake.min(silent_until);
+                    if fd.revents == 0 {
+                        oldest.get_or_insert(i);
+                    }
                 } else {
                     fd.fd = -1;
                     in_flight -= 1;
                 }
             }
+            start = oldest.unwrap_or(start);
             self.publish(
                 tally.round_trips - published.0,
                 tally.mismatches - published.1,
