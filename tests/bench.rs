@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use common::report::report_of;
+use common::report::{at_least, counts, report_of};
 use common::{STEP, Server};
 
 /// Runs `minetd-client bench ARGS`, failing the test if it outlives `limit`.
@@ -359,4 +360,88 @@ fn holds_ten_thousand_connections() {
     assert!(report["round_trips"].as_u64().expect("round_trips") >= 10_000);
     assert_eq!(report["mismatches"], 0);
     assert_eq!(report["errors"], 0);
+}
+
+/// One connection's echo held up must not hold up the others: while the
+/// server sits on one message for a second (as a lost segment waits for
+/// TCP to resend it), the thread's other connections go on making round
+/// trips. Read strictly in turn, a thread blocked on the held echo sends
+/// nothing, so each other connection gets at most the one message it
+/// already had in flight echoed meanwhile.
+#[test]
+fn a_held_echo_does_not_hold_up_the_other_connections() {
+    const CONNECTIONS: u64 = 8;
+    /// Accept order of the connection whose echo is held, and at which of
+    /// its messages (the first is the ramp's confirmation).
+    const HELD: usize = 3;
+    const HELD_MESSAGE: u64 = 3;
+    const HOLD: Duration = Duration::from_secs(1);
+    // Echoes the other connections sent while the echo was held.
+    let (during_hold, held) = mpsc::channel();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    thread::spawn(move || {
+        let others = Arc::new(AtomicU64::new(0));
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(STEP)).expect("read timeout");
+            stream.set_write_timeout(Some(STEP)).expect("write timeout");
+            let others = Arc::clone(&others);
+            let during_hold = during_hold.clone();
+            thread::spawn(move || {
+                let mut message = [0; 64];
+                let mut messages = 0;
+                while stream.read_exact(&mut message).is_ok() {
+                    messages += 1;
+                    if n == HELD && messages == HELD_MESSAGE {
+                        let before = others.load(Ordering::SeqCst);
+                        thread::sleep(HOLD);
+                        let _ = during_hold.send(others.load(Ordering::SeqCst) - before);
+                    }
+                    if stream.write_all(&message).is_err() {
+                        return;
+                    }
+                    if n != HELD {
+                        others.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let connections = CONNECTIONS.to_string();
+    let args = [
+        &addr,
+        "--connections",
+        &connections,
+        "--threads",
+        "1",
+        "--size",
+        "64",
+        "--duration",
+        "2",
+        "--timeout",
+        "5",
+        "--json",
+    ];
+    let output = bench(&args, STEP * 2);
+    let report = report_of(&output);
+    assert!(output.status.success(), "{report}");
+    counts(
+        &report,
+        &[
+            ("connections", CONNECTIONS),
+            ("mismatches", 0),
+            ("errors", 0),
+            ("unanswered", 0),
+        ],
+    );
+    let others = held.recv_timeout(STEP).expect("the echo was held");
+    // In turn: at most one each. Independently: hundreds each even on a
+    // loaded machine; ten each is the margin.
+    assert!(
+        others >= 10 * (CONNECTIONS - 1),
+        "the other connections made {others} round trips while one echo was held: {report}"
+    );
+    at_least(&report, "round_trips", others);
+    println!("{others} round trips on the other connections while one echo was held");
 }

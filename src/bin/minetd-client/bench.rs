@@ -1,24 +1,30 @@
 //! The echo benchmark: many connections, one message in flight on each.
 //!
 //! Each thread owns a share of the connections. It writes one message to
-//! every connection it owns, then sweeps over them: read that connection's
-//! echo in full, check it byte for byte, and write its next message at once.
-//! Sending as soon as each echo is in (rather than writing a whole round,
-//! then reading a whole round) keeps every connection's message in flight,
-//! so the server always has work queued while the client reads; measured
-//! with both pinned to one core each, that lifted the server from about
-//! 85-95% busy to 99%.
+//! every connection it owns, then waits with poll(2) for any of them to
+//! have echo bytes in, reads from each that has, checks the bytes as they
+//! come, and writes a connection's next message as soon as its echo is
+//! whole. Sending at once (rather than writing a whole round, then reading a
+//! whole round) keeps every connection's message in flight, so the server
+//! always has work queued while the client reads; measured with both pinned
+//! to one core each, that lifted the server from about 85-95% busy to 99%.
+//! Reading whichever connection is ready, rather than each in turn, keeps
+//! the connections independent: an echo held up (a lost segment waits
+//! 200 ms or more for TCP to resend it) delays its own connection only,
+//! not every connection of the thread behind it, which would show as a
+//! collapse of the whole thread's throughput and in every latency.
 //!
 //! Sockets are blocking, so a message costs one `write` and (usually) one
-//! `read` and nothing else: no event loop, no allocation, no clock but the
-//! vDSO's. The client is then no slower per message than the server.
+//! `read`, plus a share of a `poll` that usually finds many connections
+//! ready: no allocation, no clock but the vDSO's. The client is then no
+//! slower per message than the server.
 //!
 //! Latency is closed-loop: from just before a message is written to the
 //! moment its whole echo has been read; the connection's next message is
 //! only sent after that. With N connections in flight it is about N divided
 //! by the throughput (Little's law), because it includes the time the
-//! thread spends on the connections ahead of it in the sweep, as any
-//! client driving many connections from one thread would see it.
+//! thread spends on the other connections ready before it, as any client
+//! driving many connections from one thread would see it.
 //!
 //! Every message is derived from (connection index, round), so an echo of
 //! stale bytes, of another connection's bytes or with one bit flipped is a
@@ -414,10 +420,29 @@ struct Conn {
     /// The last round begun: later rounds were never sent, so there is
     /// nothing of theirs to read.
     last_sent: u64,
-    /// It failed this round; it is dropped at the end of the round.
+    /// Echo: the oldest round in flight, whose echo is being read; none
+    /// is in flight once it is past `last_sent`.
+    awaited: u64,
+    /// Echo: the bytes that round's echo must have, from as far as it came.
+    echo: closed::Pattern,
+    /// Echo: that echo already differed (one mismatch per message).
+    mismatched: bool,
+    /// When the connection last made progress (a message written, echo
+    /// bytes read): a whole `--timeout` of silence after it is a failure.
+    heard: Instant,
+    /// It failed; it is dropped at the end of the round (or of the
+    /// echo loop).
     failed: bool,
     /// Chargen: bytes received so far, modulo the pattern's cycle.
     position: usize,
+}
+
+impl Conn {
+    /// Whether an echo is awaited: it has not failed and has a message in
+    /// flight.
+    fn in_flight(&self) -> bool {
+        !self.failed && self.awaited <= self.last_sent
+    }
 }
 
 /// One thread's share of the benchmark.

@@ -3,8 +3,11 @@
 //! 28,000 loopback connections, where one source address runs out of
 //! ephemeral ports; spreading sources over 127.0.0.0/8 multiplies them.
 //!
+//! It also waits on many sockets at once (`ppoll`), for the loops that
+//! read whichever connection is ready rather than each in turn.
+//!
 //! All the `unsafe` of the client is here, each call a plain libc socket
-//! call on a descriptor this module owns.
+//! call on a descriptor this module owns or a slice the caller lends.
 
 use std::io;
 use std::mem;
@@ -100,6 +103,35 @@ fn connect(stream: &TcpStream, addr: SocketAddr) -> io::Result<()> {
         )),
         other => other,
     }
+}
+
+/// Waits up to `wait` for any of `fds` to be readable (or to have an
+/// error); how many are (0 if a signal came first). `ppoll` rather than
+/// `poll`: its timeout is in nanoseconds, not milliseconds, which the open
+/// loop's schedule needs.
+pub fn wait_readable(fds: &mut [libc::pollfd], wait: Duration) -> io::Result<usize> {
+    let timeout = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is a live, exclusively borrowed slice of pollfd of the
+    // length given; `timeout` lives across the call; no signal mask.
+    let ready = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &timeout,
+            std::ptr::null(),
+        )
+    };
+    if ready >= 0 {
+        return Ok(ready as usize);
+    }
+    let err = io::Error::last_os_error();
+    if err.kind() == io::ErrorKind::Interrupted {
+        return Ok(0);
+    }
+    Err(err)
 }
 
 /// `Ok` for a zero return code, the OS error otherwise.

@@ -1,9 +1,10 @@
 //! `--mode daytime`: connection churn. Each worker slot connects, reads
 //! the server's reply to EOF, checks it is one line of 1 to 64 bytes ending
 //! CRLF, closes and connects again at once. A thread sweeps over its slots
-//! as the echo loop does over its connections, so every slot keeps one
-//! connection in flight while the thread reads the others: what is
-//! measured is how many connections per second the server completes.
+//! in turn, so every slot keeps one connection in flight while the thread
+//! reads the others: what is measured is how many connections per second
+//! the server completes. (In turn, unlike the echo loop: one slow reply or
+//! connect holds up the slots behind it.)
 //!
 //! No connection is begun after the window closes; the ones in flight then
 //! are read until the window's end plus `--timeout` (see

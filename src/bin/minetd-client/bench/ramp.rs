@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Tally;
+use super::closed::Pattern;
 use super::deadline::Limits;
 use super::{Conn, Mode, Options, Worker, sleep_until};
 use crate::addr::set_timeouts;
@@ -80,6 +81,10 @@ impl Worker {
                     index: index as u64,
                     sent_at: vec![Instant::now(); self.options.pipeline],
                     last_sent: 0,
+                    awaited: 0,
+                    echo: Pattern::new(index as u64, 0),
+                    mismatched: false,
+                    heard: Instant::now(),
                     failed: false,
                     position: 0,
                 });
@@ -104,7 +109,7 @@ impl Worker {
         match self.options.mode {
             Mode::Echo => {
                 self.send_all(self.confirmed, 0, tally);
-                self.receive_all(self.confirmed, 0, None, tally);
+                self.receive_echoes(self.confirmed, None, tally);
             }
             Mode::Chargen => self.download(self.confirmed, 0, tally),
             Mode::Discard | Mode::Daytime | Mode::UdpEcho => {}

@@ -51,6 +51,7 @@ use super::closed::fill_message;
 use super::pace::{self, Schedule};
 use super::{Options, Tally, Window, Worker, connect_failure, connect_time, sleep_until, why};
 use crate::error::{Error, is_timeout};
+use crate::socket;
 
 /// Datagrams under 8 bytes cannot name themselves: a stale one is looked
 /// for among the socket's last this many. Only a server or network that
@@ -268,7 +269,11 @@ impl Run<'_> {
                 };
                 fd.revents = 0;
             }
-            if wait_readable(&mut fds, wait)? > 0 {
+            let ready = socket::wait_readable(&mut fds, wait).map_err(|source| Error::Io {
+                context: "cannot wait for the UDP sockets".to_string(),
+                source,
+            })?;
+            if ready > 0 {
                 for (i, fd) in fds.iter().enumerate() {
                     if fd.revents != 0 {
                         self.receive(i, tally);
@@ -487,37 +492,6 @@ fn fail(socket: &mut Socket, tally: &mut Tally, doing: &str, err: &io::Error, ti
             why(err, timeout)
         ));
     }
-}
-
-/// Waits up to `wait` for any of `fds` to be readable (or to have an
-/// error); how many are. `ppoll` rather than `poll`: its timeout is in
-/// nanoseconds, not milliseconds, which the open loop's schedule needs.
-fn wait_readable(fds: &mut [libc::pollfd], wait: Duration) -> Result<usize, Error> {
-    let timeout = libc::timespec {
-        tv_sec: wait.as_secs() as libc::time_t,
-        tv_nsec: wait.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `fds` is a live, exclusively borrowed slice of pollfd of the
-    // length given; `timeout` lives across the call; no signal mask.
-    let ready = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            &timeout,
-            std::ptr::null(),
-        )
-    };
-    if ready >= 0 {
-        return Ok(ready as usize);
-    }
-    let err = io::Error::last_os_error();
-    if err.kind() == io::ErrorKind::Interrupted {
-        return Ok(0);
-    }
-    Err(Error::Io {
-        context: "cannot wait for the UDP sockets".to_string(),
-        source: err,
-    })
 }
 
 /// Which of socket `index`'s datagrams sent so far (`1..next_seq`)
