@@ -465,3 +465,13 @@ fn held_echo_holds_up_no_other_connection(extra: &[&str]) {
 fn a_held_echo_does_not_hold_up_the_other_connections() {
     held_echo_holds_up_no_other_connection(&[]);
 }
+
+/// The open loop's twin: 250 messages a second per connection, so about
+/// 1,750 echoes to the others during the hold. A receiver that reads echoes
+/// in the order they were sent waits on the held one and reads nothing
+/// else meanwhile; the schedule's messages pile up unsent behind the full
+/// pipelines and each then counts the whole wait in its latency.
+#[test]
+fn a_held_echo_does_not_hold_up_the_other_connections_open_loop() {
+    held_echo_holds_up_no_other_connection(&["--rate", "2000"]);
+}
