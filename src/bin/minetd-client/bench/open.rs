@@ -336,6 +336,9 @@ fn receive(
     let mut sender_done = false;
     let mut published = (0, 0, 0);
     let mut wait = Duration::ZERO;
+    // Where a pass over the ready connections starts: at the first one the
+    // last pass found still waiting, as the closed loop does (see there).
+    let mut start = 0;
     loop {
         // What the sender wrote since the last look.
         let now = Instant::now();
@@ -388,8 +391,9 @@ fn receive(
         }
         let now = Instant::now();
         let mut wake_at = by;
-        for (i, (conn, read)) in conns.iter().zip(&mut reading).enumerate() {
-            let fd = &mut fds[i];
+        let mut oldest = None;
+        for i in (start..conns.len()).chain(0..start) {
+            let (conn, read, fd) = (&conns[i], &mut reading[i], &mut fds[i]);
             if fd.fd < 0 {
                 continue;
             }
@@ -408,11 +412,15 @@ fn receive(
             }
             if read.in_flight() {
                 wake_at = wake_at.min(silent_until);
+                if fd.revents == 0 {
+                    oldest.get_or_insert(i);
+                }
             } else {
                 fd.fd = -1;
                 in_flight -= 1;
             }
         }
+        start = oldest.unwrap_or(start);
         wait = wake_at.saturating_duration_since(now);
         shared.publish(
             tally.round_trips - published.0,
