@@ -143,6 +143,7 @@ pub struct Wake {
 }
 
 impl Wake {
+    /// A new one, not readable.
     pub fn new() -> io::Result<Wake> {
         // SAFETY: eventfd(2) takes no pointers.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };

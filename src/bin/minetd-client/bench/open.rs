@@ -288,6 +288,8 @@ struct Reading {
 }
 
 impl Reading {
+    /// Whether an echo is awaited: it has not failed and has a message in
+    /// flight.
     fn in_flight(&self) -> bool {
         !self.failed && self.echo.round <= self.last_written
     }
