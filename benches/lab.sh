@@ -22,7 +22,8 @@
 # offload on, 64 KiB packets crossing it as a NIC with TSO and GRO would
 # pass them, so that what segmentation costs shows apart; and "loss": the
 # link dropping LAB_LOSS (1) percent of the server's data packets at random
-# as they reach the client, by nftables).
+# as they reach the client, by nftables); LAB_RATE: if set, the open loop
+# (bench --rate LAB_RATE) instead of the closed one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,7 @@ rounds=${LAB_ROUNDS:-3}
 cells=${LAB_CELLS:-64x100 64x1000 512x1000}
 links=${LAB_LINKS:-loopback veth tbf}
 loss=${LAB_LOSS:-1}
+rate=(${LAB_RATE:+--rate "$LAB_RATE"})
 server=$PWD/target/release/minetd
 client=$PWD/target/release/minetd-client
 
@@ -117,7 +119,7 @@ EOF
     before=$(cpu_ticks "$server_pid")
     resent=$(retransmitted)
     "${via[@]}" taskset -c 1 "$client" bench "$addr" --connections "$conns" --size "$size" \
-        --duration "$secs" --threads 1 --json >"$work/json"
+        --duration "$secs" --threads 1 "${rate[@]}" --json >"$work/json"
     after=$(cpu_ticks "$server_pid")
     resent=$(($(retransmitted) - resent))
     local hwm

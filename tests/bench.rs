@@ -362,21 +362,18 @@ fn holds_ten_thousand_connections() {
     assert_eq!(report["errors"], 0);
 }
 
-/// One connection's echo held up must not hold up the others: while the
-/// server sits on one message for a second (as a lost segment waits for
-/// TCP to resend it), the thread's other connections go on making round
-/// trips. Read strictly in turn, a thread blocked on the held echo sends
-/// nothing, so each other connection gets at most the one message it
-/// already had in flight echoed meanwhile.
-#[test]
-fn a_held_echo_does_not_hold_up_the_other_connections() {
-    const CONNECTIONS: u64 = 8;
-    /// Accept order of the connection whose echo is held, and at which of
-    /// its messages (the first is the ramp's confirmation).
+/// Connections of the held-echo tests, all on one client thread.
+const HOLDING_CONNECTIONS: u64 = 8;
+
+/// An echo server on loopback port 0 that holds one echo for a second
+/// once (as a lost segment waits for TCP to resend it): the message
+/// `HELD_MESSAGE` of the connection accepted `HELD`th (the first message is
+/// the ramp's confirmation). What it returns gives, once the hold is over,
+/// how many echoes it wrote to the other connections meanwhile.
+fn holding_server() -> (String, mpsc::Receiver<u64>) {
     const HELD: usize = 3;
     const HELD_MESSAGE: u64 = 3;
     const HOLD: Duration = Duration::from_secs(1);
-    // Echoes the other connections sent while the echo was held.
     let (during_hold, held) = mpsc::channel();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
     let addr = listener.local_addr().expect("local addr").to_string();
@@ -408,9 +405,22 @@ fn a_held_echo_does_not_hold_up_the_other_connections() {
             });
         }
     });
-    let connections = CONNECTIONS.to_string();
-    let args = [
-        &addr,
+    (addr, held)
+}
+
+/// Runs the bench with `extra` arguments against [`holding_server`] and
+/// checks that the other connections went on while the echo was held.
+/// With one message in flight per connection (the default `--pipeline`),
+/// a connection sends its next message only once it has read its echo,
+/// so what the server echoes to them during the hold is what the client
+/// read meanwhile: a thread blocked on the held echo reads nothing, and
+/// each other connection gets at most the one message it already had in
+/// flight echoed.
+fn held_echo_holds_up_no_other_connection(extra: &[&str]) {
+    let (addr, held) = holding_server();
+    let connections = HOLDING_CONNECTIONS.to_string();
+    let mut args = vec![
+        addr.as_str(),
         "--connections",
         &connections,
         "--threads",
@@ -423,25 +433,45 @@ fn a_held_echo_does_not_hold_up_the_other_connections() {
         "5",
         "--json",
     ];
+    args.extend_from_slice(extra);
     let output = bench(&args, STEP * 2);
     let report = report_of(&output);
     assert!(output.status.success(), "{report}");
     counts(
         &report,
         &[
-            ("connections", CONNECTIONS),
+            ("connections", HOLDING_CONNECTIONS),
             ("mismatches", 0),
             ("errors", 0),
             ("unanswered", 0),
         ],
     );
     let others = held.recv_timeout(STEP).expect("the echo was held");
-    // In turn: at most one each. Independently: hundreds each even on a
+    // Blocked: at most one each. Independently: hundreds each even on a
     // loaded machine; ten each is the margin.
     assert!(
-        others >= 10 * (CONNECTIONS - 1),
+        others >= 10 * (HOLDING_CONNECTIONS - 1),
         "the other connections made {others} round trips while one echo was held: {report}"
     );
     at_least(&report, "round_trips", others);
     println!("{others} round trips on the other connections while one echo was held");
+}
+
+/// One connection's echo held up must not hold up the others: while the
+/// server sits on one message for a second, the thread's other connections
+/// go on making round trips. Read strictly in turn, a thread blocked on the
+/// held echo sends nothing.
+#[test]
+fn a_held_echo_does_not_hold_up_the_other_connections() {
+    held_echo_holds_up_no_other_connection(&[]);
+}
+
+/// The open loop's twin: 250 messages a second per connection, so about
+/// 1,750 echoes to the others during the hold. A receiver that reads echoes
+/// in the order they were sent waits on the held one and reads nothing
+/// else meanwhile; the schedule's messages pile up unsent behind the full
+/// pipelines and each then counts the whole wait in its latency.
+#[test]
+fn a_held_echo_does_not_hold_up_the_other_connections_open_loop() {
+    held_echo_holds_up_no_other_connection(&["--rate", "2000"]);
 }

@@ -420,13 +420,9 @@ struct Conn {
     /// The last round begun: later rounds were never sent, so there is
     /// nothing of theirs to read.
     last_sent: u64,
-    /// Echo: the oldest round in flight, whose echo is being read; none
-    /// is in flight once it is past `last_sent`.
-    awaited: u64,
-    /// Echo: the bytes that round's echo must have, from as far as it came.
-    echo: closed::Pattern,
-    /// Echo: that echo already differed (one mismatch per message).
-    mismatched: bool,
+    /// Echo: the oldest round in flight, whose echo is being read (none
+    /// is in flight once its round is past `last_sent`), and how far it came.
+    echo: closed::Echo,
     /// When the connection last made progress (a message written, echo
     /// bytes read): a whole `--timeout` of silence after it is a failure.
     heard: Instant,
@@ -441,7 +437,7 @@ impl Conn {
     /// Whether an echo is awaited: it has not failed and has a message in
     /// flight.
     fn in_flight(&self) -> bool {
-        !self.failed && self.awaited <= self.last_sent
+        !self.failed && self.echo.round <= self.last_sent
     }
 }
 

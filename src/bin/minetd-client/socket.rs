@@ -4,7 +4,8 @@
 //! ephemeral ports; spreading sources over 127.0.0.0/8 multiplies them.
 //!
 //! It also waits on many sockets at once (`ppoll`), for the loops that
-//! read whichever connection is ready rather than each in turn.
+//! read whichever connection is ready rather than each in turn, and gives
+//! one thread a descriptor to wake another from that wait ([`Wake`]).
 //!
 //! All the `unsafe` of the client is here, each call a plain libc socket
 //! call on a descriptor this module owns or a slice the caller lends.
@@ -12,7 +13,7 @@
 use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Connects to `dest` from `source` (the port is picked at connect time),
@@ -132,6 +133,49 @@ pub fn wait_readable(fds: &mut [libc::pollfd], wait: Duration) -> io::Result<usi
         return Ok(0);
     }
     Err(err)
+}
+
+/// A descriptor one thread makes readable to wake another from
+/// [`wait_readable`] (an eventfd): the open loop's sender tells its
+/// receiver so of messages written on connections it was not waiting on.
+pub struct Wake {
+    fd: OwnedFd,
+}
+
+impl Wake {
+    /// A new one, not readable.
+    pub fn new() -> io::Result<Wake> {
+        // SAFETY: eventfd(2) takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Wake {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Makes the descriptor readable, until [`Wake::clear`].
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of a u64 that outlives the call. It
+        // can only fail once the counter nears 2^64: readable already.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Makes the descriptor unreadable again.
+    pub fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a u64 that outlives the call;
+        // a descriptor not readable (EAGAIN) is already clear.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut count).cast(), 8) };
+    }
+
+    /// The descriptor to wait on.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 /// `Ok` for a zero return code, the OS error otherwise.

@@ -8,6 +8,7 @@
 //! a mismatch.
 
 use std::io::{self, Read};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -124,7 +125,7 @@ impl Worker {
                     for (fd, conn) in fds.iter().zip(&mut self.conns[from..]) {
                         if fd.fd >= 0 {
                             let err = io::Error::new(err.kind(), format!("poll: {err}"));
-                            tally.fail(conn, conn.awaited, "receive", &err, timeout);
+                            tally.fail(conn, conn.echo.round, "receive", &err, timeout);
                         }
                     }
                     break;
@@ -149,14 +150,14 @@ impl Worker {
                         let silence = io::Error::from(io::ErrorKind::TimedOut);
                         tally.stop(
                             conn,
-                            conn.awaited,
+                            conn.echo.round,
                             "receive",
                             Stop::Failed(silence),
                             timeout,
                         );
                     } else if past_end {
                         // A look after the end found nothing more.
-                        tally.stop(conn, conn.awaited, "receive", Stop::Cut, timeout);
+                        tally.stop(conn, conn.echo.round, "receive", Stop::Cut, timeout);
                     }
                 }
                 if conn.in_flight() {
@@ -196,59 +197,27 @@ impl Worker {
         } = self;
         let conn = &mut conns[i];
         let size = incoming.len();
-        // Never more than the echoes in flight: a byte beyond them is the
-        // next message's to read, or no message's (and then never read).
-        let owed = (conn.last_sent - conn.awaited + 1) as usize * size - conn.echo.offset();
-        let mut stream = &conn.stream;
-        let received = match stream.read(&mut incoming[..owed.min(size)]) {
-            Ok(0) => Err(Stop::Failed(io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => Ok(n),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => return,
-            Err(err) => Err(Stop::Failed(err)),
-        };
-        let n = match received {
+        let owed = (conn.last_sent - conn.echo.round + 1) as usize * size - conn.echo.offset();
+        let n = match read_owed(&conn.stream, incoming, owed) {
+            Ok(0) => return,
             Ok(n) => n,
             Err(stop) => {
-                tally.stop(conn, conn.awaited, "receive", stop, limits.timeout);
+                tally.stop(conn, conn.echo.round, "receive", stop, limits.timeout);
                 return;
             }
         };
         conn.heard = Instant::now();
         let mut arrived = &incoming[..n];
         while !arrived.is_empty() {
-            let offset = conn.echo.offset();
-            let (piece, rest) = arrived.split_at(arrived.len().min(size - offset));
-            arrived = rest;
-            let expected = &mut outgoing[..piece.len()];
-            conn.echo.fill(expected);
-            // Equality first: memcmp, far faster than looking byte by byte.
-            if !conn.mismatched
-                && piece != &*expected
-                && let Some(at) = piece.iter().zip(&*expected).position(|(a, b)| a != b)
-            {
-                conn.mismatched = true;
-                tally.mismatch_at(
-                    conn.index,
-                    conn.awaited,
-                    offset + at,
-                    size,
-                    expected[at],
-                    piece[at],
-                );
-            }
-            if conn.echo.offset() < size {
+            let Some(round) = conn.echo.check(conn.index, &mut arrived, outgoing, tally) else {
                 continue;
-            }
-            let round = conn.awaited;
+            };
             let sent_at = conn.sent_at[(round % conn.sent_at.len() as u64) as usize];
             if round > 0 && window.counts(sent_at) {
                 let done = Instant::now();
                 tally.record(done - sent_at, done);
                 tally.round_trips += 1;
             }
-            conn.awaited += 1;
-            conn.echo = Pattern::new(conn.index, conn.awaited);
-            conn.mismatched = false;
             if sending && !send(conn, outgoing, conn.last_sent + 1, window, limits, tally) {
                 return;
             }
@@ -449,6 +418,96 @@ impl Pattern {
         let tail = words.into_remainder();
         tail.copy_from_slice(&self.word.to_le_bytes()[..tail.len()]);
         self.offset += piece.len();
+    }
+}
+
+/// Reads what has come of a connection's echoes into `incoming`, never
+/// more than the `owed` bytes still in flight: a byte beyond them is the
+/// next message's to read, or no message's (and then never read). Called
+/// when poll says something has come, so the blocking read returns at
+/// once; `Ok(0)` means a signal came first and nothing was read.
+pub(super) fn read_owed(
+    stream: &TcpStream,
+    incoming: &mut [u8],
+    owed: usize,
+) -> Result<usize, Stop> {
+    let len = owed.min(incoming.len());
+    let mut stream = stream;
+    match stream.read(&mut incoming[..len]) {
+        Ok(0) => Err(Stop::Failed(io::ErrorKind::UnexpectedEof.into())),
+        Ok(n) => Ok(n),
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(err) => Err(Stop::Failed(err)),
+    }
+}
+
+/// The echo a connection is reading: its round, and the bytes it must
+/// have from as far as it came. Echoes are checked piece by piece as they
+/// arrive, one mismatch counted per message at most.
+#[derive(Debug)]
+pub(super) struct Echo {
+    /// The oldest round in flight, whose echo is being read; none is in
+    /// flight once it is past the last round sent.
+    pub(super) round: u64,
+    /// That round's bytes, from as far as its echo came.
+    pattern: Pattern,
+    /// That echo already differed.
+    mismatched: bool,
+}
+
+impl Echo {
+    /// Connection `connection`'s echo of `round`, none of it read yet.
+    pub(super) fn new(connection: u64, round: u64) -> Echo {
+        Echo {
+            round,
+            pattern: Pattern::new(connection, round),
+            mismatched: false,
+        }
+    }
+
+    /// How many bytes of the echo came.
+    pub(super) fn offset(&self) -> usize {
+        self.pattern.offset()
+    }
+
+    /// Checks the bytes at the start of `arrived` that belong to this
+    /// echo (up to its end, a message being `expected.len()` bytes) and
+    /// takes them off `arrived`. If that made the echo whole, returns its
+    /// round; from then on the next round's echo is read.
+    pub(super) fn check(
+        &mut self,
+        connection: u64,
+        arrived: &mut &[u8],
+        expected: &mut [u8],
+        tally: &mut Tally,
+    ) -> Option<u64> {
+        let size = expected.len();
+        let offset = self.pattern.offset();
+        let (piece, rest) = arrived.split_at(arrived.len().min(size - offset));
+        *arrived = rest;
+        let expected = &mut expected[..piece.len()];
+        self.pattern.fill(expected);
+        // Equality first: memcmp, far faster than looking byte by byte.
+        if !self.mismatched
+            && piece != &*expected
+            && let Some(at) = piece.iter().zip(&*expected).position(|(a, b)| a != b)
+        {
+            self.mismatched = true;
+            tally.mismatch_at(
+                connection,
+                self.round,
+                offset + at,
+                size,
+                expected[at],
+                piece[at],
+            );
+        }
+        if self.pattern.offset() < size {
+            return None;
+        }
+        let round = self.round;
+        *self = Echo::new(connection, round + 1);
+        Some(round)
     }
 }
 

@@ -17,8 +17,9 @@
 //!   `--timeout` is the socket's timeout shortened for the call (two extra
 //!   system calls, only after the window, or in the ramp's confirmation).
 //!
-//! The echo loop waits with poll(2) instead of in a blocking read, and
-//! keeps the same rules per connection (`closed::receive_echoes`).
+//! The echo loops, closed and open, wait with poll(2) instead of in a
+//! blocking read, and keep the same rules per connection
+//! (`closed::receive_echoes`, `open::receive`).
 //!
 //! A call that ends because `by` came is [`Stop::Cut`]: the run abandoned
 //! it, which is no fault of the server's, and the message counts as

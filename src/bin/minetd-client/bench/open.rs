@@ -2,9 +2,13 @@
 //!
 //! Each worker becomes two threads over the same connections. The sender
 //! walks the schedule ([`Schedule`]) and writes each message when it is due;
-//! the receiver reads echoes in the order they were sent and checks them.
-//! A blocking `read` on one connection would otherwise hold up every send
-//! behind it; split this way, the schedule never waits for the server.
+//! the receiver waits (poll) on every connection with messages in flight
+//! and reads whichever has echo bytes in, checking them as they arrive
+//! (`closed::Echo`). A blocking `read` on one connection would otherwise
+//! hold up every send behind it; split this way, the schedule never waits
+//! for the server. And reading whichever is ready, not in the order the
+//! messages were sent, an echo that is late (a lost segment waits 200 ms
+//! or more for TCP to resend it) delays only its own connection's.
 //!
 //! Each connection allows `--pipeline` messages in flight. A message due
 //! while its connection is full is sent as soon as an echo frees a slot
@@ -12,27 +16,32 @@
 //! latency still counts from when it was due: a server that stalls for a
 //! second shows that second. `service` latency counts from the actual write.
 //!
-//! The sender tells the receiver only *which* connection it wrote to; which
-//! message that was is the connection's own count, kept under its lock with
-//! the write itself, so the two threads always agree.
+//! The sender tells the receiver only *which* connection it wrote to (and
+//! wakes it from its poll); which message that was is the connection's own
+//! count, kept under its lock with the write itself, so the two threads
+//! always agree.
 //!
 //! When the window closes nothing more is written, not even messages that
 //! fell due in it and are still held back: the receiver reads what is in
 //! flight until the window's end plus `--timeout` (see [`super::deadline`])
-//! and abandons the rest. Every message due in the window is then either a
+//! and abandons the rest; a connection silent for a whole `--timeout`
+//! before then failed. Every message due in the window is then either a
 //! checked round trip or unanswered.
 
-use std::collections::VecDeque;
+use std::io;
 use std::net::TcpStream;
-use std::sync::mpsc::{self, Receiver};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::closed::{Echo, read_owed};
 use super::deadline::{self, Limits, Stop};
 use super::pace::{self, Schedule};
 use super::{Shared, Tally, Window, fill_message};
 use crate::error::Error;
+use crate::socket::{self, Wake};
 
 /// The sender sleeps at least this long at a time, then writes everything
 /// that fell due meanwhile. Waking for every message would cost two context
@@ -45,8 +54,15 @@ use crate::error::Error;
 /// is unaffected.
 const PACING_QUANTUM: Duration = Duration::from_micros(250);
 
-/// Messages the receiver handles between updates of the live line's counts.
-const PUBLISH_EVERY: u64 = 4096;
+/// The sender hands the receiver what it wrote at least every this many
+/// messages: writing a whole round of the schedule at once (catching up
+/// after a stall) would otherwise keep echoes unread, the receiver not
+/// knowing to wait for them, until the round is written.
+const BATCH_MAX: usize = 64;
+
+/// The receiver's longest wait with nothing in flight; the sender wakes
+/// it sooner when it writes, or when it is done.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// One connection of the open loop, shared by the sender and the receiver.
 struct OpenConn {
@@ -83,6 +99,8 @@ struct Plan {
     pipeline: u64,
     size: usize,
     timeout: Duration,
+    /// Wakes the receiver when the sender wrote, or is done.
+    wake: Wake,
 }
 
 impl Plan {
@@ -166,6 +184,10 @@ impl super::Worker {
             pipeline,
             size: self.options.size,
             timeout: self.options.timeout,
+            wake: Wake::new().map_err(|source| Error::Io {
+                context: "cannot start a bench thread".to_string(),
+                source,
+            })?,
         });
         let (to_receiver, from_sender) = mpsc::channel::<Vec<u32>>();
         let receiver = {
@@ -200,13 +222,13 @@ impl super::Worker {
                     || plan.limits.closed()
                     || interrupted_at.is_some()
                 {
-                    send_batch(&to_receiver, &mut batch);
+                    send_batch(&to_receiver, &plan.wake, &mut batch);
                     break 'schedule;
                 }
-                if due > now {
+                if due > now || batch.len() >= BATCH_MAX {
                     // Hand over what was written before sleeping, so the
                     // receiver is never behind for want of being told.
-                    send_batch(&to_receiver, &mut batch);
+                    send_batch(&to_receiver, &plan.wake, &mut batch);
                     now = Instant::now();
                     if due > now {
                         thread::sleep((due - now).max(PACING_QUANTUM));
@@ -218,9 +240,10 @@ impl super::Worker {
                 drop(state);
                 batch.extend(std::iter::repeat_n(i as u32, written));
             }
-            send_batch(&to_receiver, &mut batch);
+            send_batch(&to_receiver, &plan.wake, &mut batch);
         }
         drop(to_receiver);
+        plan.wake.wake();
         let received = receiver
             .join()
             .map_err(|_| Error::Failed("a bench thread panicked".to_string()))?;
@@ -239,18 +262,44 @@ impl super::Worker {
     }
 }
 
-/// Gives the receiver the connections just written to, if any.
-fn send_batch(to_receiver: &mpsc::Sender<Vec<u32>>, batch: &mut Vec<u32>) {
+/// Gives the receiver the connections just written to, if any, and wakes it.
+fn send_batch(to_receiver: &mpsc::Sender<Vec<u32>>, wake: &Wake, batch: &mut Vec<u32>) {
     if !batch.is_empty() {
         // The receiver outlives the sender unless it panicked, which `join`
         // reports.
         let _ = to_receiver.send(std::mem::take(batch));
+        wake.wake();
     }
 }
 
-/// The receiver: reads each message's echo in the order it was written,
-/// checks it, records both latencies, and sends what was held back for
-/// want of room in the pipeline.
+/// What the receiver knows of one connection.
+struct Reading {
+    /// The echo being read: the oldest round in flight (the schedule's
+    /// message `seq` is round `seq + 1`).
+    echo: Echo,
+    /// The last round written, as far as the receiver was told: the
+    /// rounds from `echo.round` to it are in flight.
+    last_written: u64,
+    /// When it last made progress (a message written, echo bytes read):
+    /// a whole `--timeout` of silence after it is a failure.
+    heard: Instant,
+    /// It failed (or was cut); it is left alone from then on.
+    failed: bool,
+}
+
+impl Reading {
+    /// Whether an echo is awaited: it has not failed and has a message in
+    /// flight.
+    fn in_flight(&self) -> bool {
+        !self.failed && self.echo.round <= self.last_written
+    }
+}
+
+/// The receiver: waits on the connections with messages in flight, reads
+/// whichever has echo bytes in, checks them, records both latencies of
+/// each echo that is whole, and sends what was held back for want of room
+/// in the pipeline. The phase's limits hold per connection as a blocking
+/// read's would (see `closed::receive_echoes`).
 fn receive(
     conns: &[OpenConn],
     plan: &Plan,
@@ -263,63 +312,169 @@ fn receive(
     let _ = pace::shorten_slice();
     let mut outgoing = vec![0; plan.size];
     let mut incoming = vec![0; plan.size];
-    // One entry per message written and not yet read, in the order they
-    // were written, whoever wrote them. Reading in that order means the
-    // receiver waits on the oldest message, which is the one most likely
-    // to be back: reading its own just-written message first would wait a
-    // whole round trip each time.
-    let mut unread: VecDeque<u32> = VecDeque::new();
+    let started = Instant::now();
+    let mut reading: Vec<Reading> = conns
+        .iter()
+        .map(|conn| Reading {
+            echo: Echo::new(conn.index, 1),
+            last_written: 0,
+            heard: started,
+            failed: false,
+        })
+        .collect();
+    // One per connection, -1 (which poll skips) while nothing is in
+    // flight on it; then the sender's wake-up.
+    let mut fds: Vec<libc::pollfd> = (0..=conns.len())
+        .map(|_| libc::pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let waker = conns.len();
+    fds[waker].fd = plan.wake.as_raw_fd();
+    let (by, timeout) = (plan.limits.by, plan.timeout);
+    let mut in_flight = 0;
     let mut sender_done = false;
     let mut published = (0, 0, 0);
+    let mut wait = Duration::ZERO;
+    // Where a pass over the ready connections starts: at the first one the
+    // last pass found still waiting, as the closed loop does (see there).
+    let mut start = 0;
     loop {
-        while let Ok(batch) = from_sender.try_recv() {
-            unread.extend(batch);
-        }
-        if unread.is_empty() || tally.round_trips - published.0 >= PUBLISH_EVERY {
-            // The live line is fed when the receiver waits, and at least
-            // every PUBLISH_EVERY messages when it never has to.
-            shared.publish(
-                tally.round_trips - published.0,
-                tally.mismatches - published.1,
-                tally.errors - published.2,
-            );
-            published = (tally.round_trips, tally.mismatches, tally.errors);
-        }
-        let Some(i) = unread.pop_front() else {
-            if sender_done {
-                return; // the sender is done and all is read
+        // What the sender wrote since the last look.
+        let now = Instant::now();
+        loop {
+            match from_sender.try_recv() {
+                Ok(batch) => {
+                    for i in batch {
+                        let (fd, read) = (&mut fds[i as usize], &mut reading[i as usize]);
+                        if read.failed {
+                            continue;
+                        }
+                        read.last_written += 1;
+                        read.heard = now;
+                        if fd.fd < 0 {
+                            fd.fd = conns[i as usize].stream.as_raw_fd();
+                            in_flight += 1;
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    sender_done = true;
+                    break;
+                }
             }
-            match from_sender.recv() {
-                Ok(batch) => unread.extend(batch),
-                Err(_) => sender_done = true,
+        }
+        if sender_done && in_flight == 0 {
+            return; // the sender is done and all is read
+        }
+        if in_flight == 0 {
+            wait = IDLE_WAIT;
+        }
+        let past_end = Instant::now() >= by;
+        let ready = match socket::wait_readable(&mut fds, wait) {
+            Ok(ready) => ready,
+            Err(err) => {
+                // Cannot happen with fewer descriptors than the limit
+                // ensure_fd_limit raised; failing beats spinning.
+                for (conn, read) in conns.iter().zip(&mut reading) {
+                    if read.in_flight() {
+                        let err = io::Error::new(err.kind(), format!("poll: {err}"));
+                        fail(conn, read, Stop::Failed(err), plan, tally);
+                    }
+                }
+                return;
             }
+        };
+        if ready > 0 && fds[waker].revents != 0 {
+            plan.wake.clear();
+        }
+        let now = Instant::now();
+        let mut wake_at = by;
+        let mut oldest = None;
+        for i in (start..conns.len()).chain(0..start) {
+            let (conn, read, fd) = (&conns[i], &mut reading[i], &mut fds[i]);
+            if fd.fd < 0 {
+                continue;
+            }
+            if ready > 0 && fd.revents != 0 {
+                receive_echoes(conn, read, plan, &mut incoming, &mut outgoing, tally);
+            }
+            let silent_until = read.heard + timeout;
+            if read.in_flight() && fd.revents == 0 {
+                if silent_until <= now && silent_until <= by {
+                    let silence = io::Error::from(io::ErrorKind::TimedOut);
+                    fail(conn, read, Stop::Failed(silence), plan, tally);
+                } else if past_end {
+                    // A look after the end found nothing more.
+                    fail(conn, read, Stop::Cut, plan, tally);
+                }
+            }
+            if read.in_flight() {
+                wake_at = wake_at.min(silent_until);
+                if fd.revents == 0 {
+                    oldest.get_or_insert(i);
+                }
+            } else {
+                fd.fd = -1;
+                in_flight -= 1;
+            }
+        }
+        start = oldest.unwrap_or(start);
+        wait = wake_at.saturating_duration_since(now);
+        shared.publish(
+            tally.round_trips - published.0,
+            tally.mismatches - published.1,
+            tally.errors - published.2,
+        );
+        published = (tally.round_trips, tally.mismatches, tally.errors);
+    }
+}
+
+/// Reads what has come of `conn`'s echoes (poll says something has) and
+/// checks it piece by piece; each echo that is whole is timed, and frees a
+/// slot for a message held back.
+fn receive_echoes(
+    conn: &OpenConn,
+    read: &mut Reading,
+    plan: &Plan,
+    incoming: &mut [u8],
+    outgoing: &mut [u8],
+    tally: &mut Tally,
+) {
+    if conn.lock().failed {
+        // The sender failed it, and counted that.
+        read.failed = true;
+        return;
+    }
+    let owed = (read.last_written - read.echo.round + 1) as usize * plan.size - read.echo.offset();
+    let n = match read_owed(&conn.stream, incoming, owed) {
+        Ok(0) => return,
+        Ok(n) => n,
+        Err(stop) => {
+            fail(conn, read, stop, plan, tally);
+            return;
+        }
+    };
+    read.heard = Instant::now();
+    let mut arrived = &incoming[..n];
+    while !arrived.is_empty() {
+        let Some(round) = read.echo.check(conn.index, &mut arrived, outgoing, tally) else {
             continue;
         };
-        let conn = &conns[i as usize];
-        if conn.lock().failed {
-            continue;
-        }
-        if let Err(stop) = deadline::read_exact(&conn.stream, &mut incoming, &plan.limits) {
-            let mut state = conn.lock();
-            // The sender may have failed it meanwhile, and counted that.
-            if let (Stop::Failed(err), false) = (&stop, state.failed) {
-                tally.fail_open(conn.index, "receive", err, plan.timeout);
-            }
-            state.failed = true;
-            continue;
-        }
         let done = Instant::now();
+        let seq = round - 1;
         let mut state = conn.lock();
-        let seq = state.recv_seq;
         let written = state.written[(seq % plan.pipeline) as usize];
         state.recv_seq += 1;
-        let more = plan.write_due(conn, &mut state, done, &mut outgoing, tally);
+        let more = plan.write_due(conn, &mut state, done, outgoing, tally);
+        read.failed = state.failed;
         drop(state);
-        unread.extend(std::iter::repeat_n(i, more));
-
-        fill_message(&mut outgoing, conn.index, seq + 1);
-        if incoming != outgoing {
-            tally.mismatch(conn.index, seq + 1, &outgoing, &incoming);
+        read.last_written += more as u64;
+        if more > 0 {
+            read.heard = Instant::now();
         }
         let due = plan.schedule.due(conn.index, seq);
         if plan.window.counts(due) {
@@ -328,5 +483,19 @@ fn receive(
             tally.round_trips += 1;
             tally.finished = Some(done);
         }
+        if read.failed {
+            return;
+        }
     }
+}
+
+/// Gives up on `conn`: counted unless it was cut at the end, or the
+/// sender failed it meanwhile (and counted that).
+fn fail(conn: &OpenConn, read: &mut Reading, stop: Stop, plan: &Plan, tally: &mut Tally) {
+    let mut state = conn.lock();
+    if let (Stop::Failed(err), false) = (&stop, state.failed) {
+        tally.fail_open(conn.index, "receive", err, plan.timeout);
+    }
+    state.failed = true;
+    read.failed = true;
 }

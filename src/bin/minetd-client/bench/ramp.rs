@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Tally;
-use super::closed::Pattern;
+use super::closed::Echo;
 use super::deadline::Limits;
 use super::{Conn, Mode, Options, Worker, sleep_until};
 use crate::addr::set_timeouts;
@@ -81,9 +81,7 @@ impl Worker {
                     index: index as u64,
                     sent_at: vec![Instant::now(); self.options.pipeline],
                     last_sent: 0,
-                    awaited: 0,
-                    echo: Pattern::new(index as u64, 0),
-                    mismatched: false,
+                    echo: Echo::new(index as u64, 0),
                     heard: Instant::now(),
                     failed: false,
                     position: 0,
