@@ -145,20 +145,11 @@ impl Worker {
                 }
                 let conn = &mut self.conns[from + i];
                 let silent_until = conn.heard + timeout;
-                if conn.in_flight() && fd.revents == 0 {
-                    if silent_until <= now && silent_until <= by {
-                        let silence = io::Error::from(io::ErrorKind::TimedOut);
-                        tally.stop(
-                            conn,
-                            conn.echo.round,
-                            "receive",
-                            Stop::Failed(silence),
-                            timeout,
-                        );
-                    } else if past_end {
-                        // A look after the end found nothing more.
-                        tally.stop(conn, conn.echo.round, "receive", Stop::Cut, timeout);
-                    }
+                if conn.in_flight()
+                    && fd.revents == 0
+                    && let Some(stop) = deadline::unready(conn.heard, now, past_end, &self.limits)
+                {
+                    tally.stop(conn, conn.echo.round, "receive", stop, timeout);
                 }
                 if conn.in_flight() {
                     wake = wake.min(silent_until);

@@ -91,6 +91,28 @@ impl Stop {
     }
 }
 
+/// What becomes of a connection that has an echo in flight and nothing to
+/// read (poll found it not ready at `now`), last heard from at `heard`:
+/// the same as a blocking read on it would come to. Silent for a whole
+/// `--timeout` that ended by `by`, it failed; after `by` (`past_end`: the
+/// look began after it), what had not arrived is cut; otherwise it is
+/// still waited for.
+pub(super) fn unready(
+    heard: Instant,
+    now: Instant,
+    past_end: bool,
+    limits: &Limits,
+) -> Option<Stop> {
+    let silent_until = heard + limits.timeout;
+    if silent_until <= now && silent_until <= limits.by {
+        Some(Stop::Failed(io::Error::from(io::ErrorKind::TimedOut)))
+    } else if past_end {
+        Some(Stop::Cut)
+    } else {
+        None
+    }
+}
+
 /// Which of the socket's two timeouts a call waits on.
 #[derive(Clone, Copy)]
 enum Direction {

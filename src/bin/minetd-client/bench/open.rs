@@ -403,14 +403,11 @@ fn receive(
                 receive_echoes(conn, read, plan, &mut incoming, &mut outgoing, tally);
             }
             let silent_until = read.heard + timeout;
-            if read.in_flight() && fd.revents == 0 {
-                if silent_until <= now && silent_until <= by {
-                    let silence = io::Error::from(io::ErrorKind::TimedOut);
-                    fail(conn, read, Stop::Failed(silence), plan, tally);
-                } else if past_end {
-                    // A look after the end found nothing more.
-                    fail(conn, read, Stop::Cut, plan, tally);
-                }
+            if read.in_flight()
+                && fd.revents == 0
+                && let Some(stop) = deadline::unready(read.heard, now, past_end, &plan.limits)
+            {
+                fail(conn, read, stop, plan, tally);
             }
             if read.in_flight() {
                 wake_at = wake_at.min(silent_until);
