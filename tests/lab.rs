@@ -403,6 +403,67 @@ fn a_thousand_bench_connections_across_the_link_show_loss_in_p99_not_in_the_byte
     );
 }
 
+/// The open loop over the same lossy link: each late echo delays only its
+/// own connection, so the schedule is kept and the median stays a clean
+/// round trip's. (A receiver that read the echoes in the order they were
+/// written achieved a twentieth of the rate here, every echo behind a
+/// resend waiting with it.)
+#[test]
+fn the_open_loop_across_a_lossy_link_keeps_its_rate_and_its_median() {
+    let Some(lab) = lab(Shape {
+        loss_to_client_percent: Some(1),
+        ..Shape::default()
+    }) else {
+        return;
+    };
+    let mut server = start_server(&lab, &["--echo", &format!("{SERVER_IP}:0")]);
+    let _log = server.stderr_lines();
+    let echo = server.echo().to_string();
+    let (rate, duration) = (5_000u64, 3u64);
+    let (report, _) = bench_on_client(
+        &lab,
+        &[
+            "bench",
+            &echo,
+            "--json",
+            "--rate",
+            &rate.to_string(),
+            "--connections",
+            "50",
+            "--size",
+            "64",
+            "--threads",
+            "1",
+            "--duration",
+            &duration.to_string(),
+            "--timeout",
+            "5",
+        ],
+        3 * STEP,
+    );
+    report::counts(
+        &report,
+        &[("mismatches", 0), ("connect_failures", 0), ("errors", 0)],
+    );
+    // Every message the schedule had fall due is answered or unanswered.
+    report::sum(&report, &["round_trips", "unanswered"], rate * duration);
+    let dropped = lab.dropped_to_client();
+    let rps = report["rps"].as_f64().expect("rps");
+    let p50 = report["latency_us"]["p50"].as_f64().expect("p50");
+    println!("{rps} of {rate} messages/s, p50 {p50} µs, {dropped} echoes dropped");
+    assert!(dropped > 0, "nothing was dropped");
+    // 100 messages a second per connection; 1% of them wait some 200 ms
+    // for a resend, 2 ms a message on average: the connections keep up.
+    assert!(
+        rps > rate as f64 / 2.0,
+        "{rps} of {rate} messages/s: late echoes held up the rest"
+    );
+    assert!(
+        p50 < 100_000.0,
+        "p50 {p50} µs: the median message waited for someone's resend"
+    );
+}
+
 #[test]
 fn daytime_churn_across_the_link_answers_every_connection_it_counts() {
     let Some(lab) = lab(Shape::default()) else {
