@@ -13,7 +13,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -434,13 +433,13 @@ fn run_case(case: &Case) -> f64 {
 /// the exit code and the seconds it ran.
 fn bench(addr: SocketAddr, args: &[&str], bound: f64) -> (Vec<Value>, Option<i32>, f64) {
     let started = Instant::now();
-    let child = Command::new(common::client_bin())
-        .arg("bench")
-        .arg(addr.to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let addr = addr.to_string();
+    let args: Vec<&str> = ["bench", addr.as_str()]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    let child = common::report::client_command(&args)
         .spawn()
         .expect("spawn minetd-client");
     // Killed a little after the bound, so a hang fails the test, not the suite.

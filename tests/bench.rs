@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -18,15 +18,8 @@ use common::{STEP, Server};
 
 /// Runs `minetd-client bench ARGS`, failing the test if it outlives `limit`.
 fn bench(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(common::client_bin())
-        .arg("bench")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn minetd-client");
-    common::output_within(child, limit)
+    let args: Vec<&str> = ["bench"].iter().chain(args).copied().collect();
+    common::report::client(&args, limit)
 }
 
 /// A threaded echo server on loopback port 0 whose connections are handed

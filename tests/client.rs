@@ -12,18 +12,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::report::client_command as client;
 use common::{STEP, Server};
-
-/// The client with `args`, stdin from `/dev/null`, stdout and stderr piped.
-fn client(args: &[&str]) -> Command {
-    let mut command = Command::new(common::client_bin());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
 
 /// Runs `command` with `input` on stdin, failing the test if it runs longer
 /// than `limit`.

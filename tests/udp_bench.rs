@@ -12,7 +12,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -279,13 +278,13 @@ fn run_case(case: &Case) -> f64 {
 /// seconds. Returns the report, the exit code and the seconds it ran.
 fn bench(addr: SocketAddr, args: &[&str], bound: f64) -> (Value, Option<i32>, f64) {
     let started = Instant::now();
-    let child = Command::new(common::client_bin())
-        .arg("bench")
-        .arg(addr.to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let addr = addr.to_string();
+    let args: Vec<&str> = ["bench", addr.as_str()]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    let child = common::report::client_command(&args)
         .spawn()
         .expect("spawn minetd-client");
     let output = common::output_within(child, Duration::from_secs_f64(bound + 5.0));
