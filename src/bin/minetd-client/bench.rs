@@ -83,6 +83,7 @@ mod ramp;
 mod report;
 mod tally;
 mod udp;
+mod waiting;
 
 /// Most connections `--connections` accepts (clap wants an `i64` bound).
 pub const MAX_CONNECTIONS: i64 = 1_000_000;

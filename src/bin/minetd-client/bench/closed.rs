@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use super::Tally;
 use super::deadline::{self, Limits, Stop};
+use super::waiting::Waiting;
 use super::{Conn, Mode, Window, Worker};
-use crate::socket;
 
 impl Worker {
     /// Measured rounds until `deadline`.
@@ -88,80 +88,47 @@ impl Worker {
         send_until: Option<Instant>,
         tally: &mut Tally,
     ) {
-        let mut fds: Vec<libc::pollfd> = self.conns[from..]
-            .iter()
-            .map(|conn| libc::pollfd {
-                // poll(2) skips negative descriptors.
-                fd: if conn.in_flight() {
-                    conn.stream.as_raw_fd()
-                } else {
-                    -1
-                },
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let mut in_flight = fds.iter().filter(|fd| fd.fd >= 0).count();
+        let mut waiting = Waiting::new(self.conns.len() - from, &[]);
+        for (i, conn) in self.conns[from..].iter().enumerate() {
+            if conn.in_flight() {
+                waiting.watch(i, conn.stream.as_raw_fd());
+            }
+        }
         let mut published = (tally.round_trips, tally.mismatches, tally.errors);
         // The first look does not wait: echoes may be in already.
         let mut wake = Instant::now();
-        // Where a pass over the ready connections starts: at the first one
-        // the last pass found still waiting, whose message is about the
-        // oldest in flight. Echoes come back about in the order they were
-        // sent, so this serves them about first come, first served, as
-        // reading in turn did; always starting at the first connection
-        // would make those late in a pass wait a pass more, widening the
-        // latency distribution (p99 up a fifth on loopback).
-        let mut start = 0;
-        while in_flight > 0 {
+        while waiting.in_flight() > 0 {
             let (by, timeout) = (self.limits.by, self.limits.timeout);
             let past_end = Instant::now() >= by;
             let wait = wake.saturating_duration_since(Instant::now());
-            let ready = match socket::wait_readable(&mut fds, wait) {
+            let ready = match waiting.wait(wait) {
                 Ok(ready) => ready,
                 Err(err) => {
                     // Cannot happen with fewer descriptors than the limit
                     // ensure_fd_limit raised; failing beats spinning.
-                    for (fd, conn) in fds.iter().zip(&mut self.conns[from..]) {
-                        if fd.fd >= 0 {
-                            let err = io::Error::new(err.kind(), format!("poll: {err}"));
-                            tally.fail(conn, conn.echo.round, "receive", &err, timeout);
-                        }
+                    for i in waiting.watched() {
+                        let conn = &mut self.conns[from + i];
+                        let err = io::Error::new(err.kind(), format!("poll: {err}"));
+                        tally.fail(conn, conn.echo.round, "receive", &err, timeout);
                     }
                     break;
                 }
             };
             let now = Instant::now();
             let sending = send_until.is_some_and(|until| now < until) && !self.shared.stopping();
-            wake = by;
-            let mut oldest = None;
-            for i in (start..fds.len()).chain(0..start) {
-                let fd = &mut fds[i];
-                if fd.fd < 0 {
-                    continue;
-                }
-                if ready > 0 && fd.revents != 0 {
+            wake = waiting.pass(ready, by, |i, readable| {
+                if readable {
                     self.receive_echo(from + i, sending, tally);
                 }
                 let conn = &mut self.conns[from + i];
-                let silent_until = conn.heard + timeout;
                 if conn.in_flight()
-                    && fd.revents == 0
+                    && !readable
                     && let Some(stop) = deadline::unready(conn.heard, now, past_end, &self.limits)
                 {
                     tally.stop(conn, conn.echo.round, "receive", stop, timeout);
                 }
-                if conn.in_flight() {
-                    wake = wake.min(silent_until);
-                    if fd.revents == 0 {
-                        oldest.get_or_insert(i);
-                    }
-                } else {
-                    fd.fd = -1;
-                    in_flight -= 1;
-                }
-            }
-            start = oldest.unwrap_or(start);
+                conn.in_flight().then(|| conn.heard + timeout)
+            });
             self.publish(
                 tally.round_trips - published.0,
                 tally.mismatches - published.1,

@@ -39,9 +39,10 @@ use std::time::{Duration, Instant};
 use super::closed::{Echo, read_owed};
 use super::deadline::{self, Limits, Stop};
 use super::pace::{self, Schedule};
+use super::waiting::Waiting;
 use super::{Shared, Tally, Window, fill_message};
 use crate::error::Error;
-use crate::socket::{self, Wake};
+use crate::socket::Wake;
 
 /// The sender sleeps at least this long at a time, then writes everything
 /// that fell due meanwhile. Waking for every message would cost two context
@@ -322,25 +323,13 @@ fn receive(
             failed: false,
         })
         .collect();
-    // One per connection, -1 (which poll skips) while nothing is in
-    // flight on it; then the sender's wake-up.
-    let mut fds: Vec<libc::pollfd> = (0..=conns.len())
-        .map(|_| libc::pollfd {
-            fd: -1,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    // The connections, then the sender's wake-up.
+    let mut waiting = Waiting::new(conns.len(), &[plan.wake.as_raw_fd()]);
     let waker = conns.len();
-    fds[waker].fd = plan.wake.as_raw_fd();
     let (by, timeout) = (plan.limits.by, plan.timeout);
-    let mut in_flight = 0;
     let mut sender_done = false;
     let mut published = (0, 0, 0);
     let mut wait = Duration::ZERO;
-    // Where a pass over the ready connections starts: at the first one the
-    // last pass found still waiting, as the closed loop does (see there).
-    let mut start = 0;
     loop {
         // What the sender wrote since the last look.
         let now = Instant::now();
@@ -348,16 +337,13 @@ fn receive(
             match from_sender.try_recv() {
                 Ok(batch) => {
                     for i in batch {
-                        let (fd, read) = (&mut fds[i as usize], &mut reading[i as usize]);
+                        let (i, read) = (i as usize, &mut reading[i as usize]);
                         if read.failed {
                             continue;
                         }
                         read.last_written += 1;
                         read.heard = now;
-                        if fd.fd < 0 {
-                            fd.fd = conns[i as usize].stream.as_raw_fd();
-                            in_flight += 1;
-                        }
+                        waiting.watch(i, conns[i].stream.as_raw_fd());
                     }
                 }
                 Err(TryRecvError::Empty) => break,
@@ -367,14 +353,14 @@ fn receive(
                 }
             }
         }
-        if sender_done && in_flight == 0 {
+        if sender_done && waiting.in_flight() == 0 {
             return; // the sender is done and all is read
         }
-        if in_flight == 0 {
+        if waiting.in_flight() == 0 {
             wait = IDLE_WAIT;
         }
         let past_end = Instant::now() >= by;
-        let ready = match socket::wait_readable(&mut fds, wait) {
+        let ready = match waiting.wait(wait) {
             Ok(ready) => ready,
             Err(err) => {
                 // Cannot happen with fewer descriptors than the limit
@@ -388,38 +374,23 @@ fn receive(
                 return;
             }
         };
-        if ready > 0 && fds[waker].revents != 0 {
+        if ready > 0 && waiting.readable(waker) {
             plan.wake.clear();
         }
         let now = Instant::now();
-        let mut wake_at = by;
-        let mut oldest = None;
-        for i in (start..conns.len()).chain(0..start) {
-            let (conn, read, fd) = (&conns[i], &mut reading[i], &mut fds[i]);
-            if fd.fd < 0 {
-                continue;
-            }
-            if ready > 0 && fd.revents != 0 {
+        let wake_at = waiting.pass(ready, by, |i, readable| {
+            let (conn, read) = (&conns[i], &mut reading[i]);
+            if readable {
                 receive_echoes(conn, read, plan, &mut incoming, &mut outgoing, tally);
             }
-            let silent_until = read.heard + timeout;
             if read.in_flight()
-                && fd.revents == 0
+                && !readable
                 && let Some(stop) = deadline::unready(read.heard, now, past_end, &plan.limits)
             {
                 fail(conn, read, stop, plan, tally);
             }
-            if read.in_flight() {
-                wake_at = wake_at.min(silent_until);
-                if fd.revents == 0 {
-                    oldest.get_or_insert(i);
-                }
-            } else {
-                fd.fd = -1;
-                in_flight -= 1;
-            }
-        }
-        start = oldest.unwrap_or(start);
+            read.in_flight().then(|| read.heard + timeout)
+        });
         wait = wake_at.saturating_duration_since(now);
         shared.publish(
             tally.round_trips - published.0,
